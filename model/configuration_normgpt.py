@@ -1,0 +1,119 @@
+"""Configuration of a NormGPT model: a decoder-only pre-norm transformer with a pluggable norm layer.
+
+Field names follow Hugging Face conventions (`hidden_size`, `rms_norm_eps`, ...) so that tools which read Llama-style
+configs understand ours. This file is copied next to every saved checkpoint (remote code), so it imports nothing from
+the rest of the project.
+"""
+
+from transformers import PreTrainedConfig
+
+# The registry of norms lives in modeling_normgpt.py; the names are repeated here only so that a bad config fails at
+# construction time, before any weights are allocated. tests/test_model.py checks the two lists agree.
+NORM_TYPES = ("rms", "layer")
+HIDDEN_ACTS = ("silu", "gelu")  # silu -> SwiGLU MLP, gelu -> plain GELU MLP
+RMS_IMPLS = ("auto", "triton", "torch")
+
+
+class NormGPTConfig(PreTrainedConfig):
+    r"""
+    Args:
+        vocab_size: size of the token vocabulary (rows of the tied embedding / output matrix).
+        hidden_size: width of the residual stream.
+        intermediate_size: width of the MLP's hidden layer. `None` picks 4 * hidden_size for `gelu`, and for `silu`
+            (SwiGLU, which has three matrices instead of two) 8/3 * hidden_size rounded up to a multiple of 64, so
+            both MLPs cost the same parameters and FLOPs.
+        num_hidden_layers: number of transformer blocks.
+        num_attention_heads: query heads; must divide `hidden_size`.
+        num_key_value_heads: key/value heads for grouped-query attention; must divide `num_attention_heads`.
+            `None` means multi-head attention (as many KV heads as query heads).
+        max_position_embeddings: longest sequence the model is trained for (RoPE itself has no hard limit).
+        rope_theta: base of the rotary position embedding frequencies.
+        hidden_act: `silu` (SwiGLU MLP) or `gelu` (GELU MLP).
+        norm_type: the normalization layer, by name: `rms` (RMSNorm) or `layer` (LayerNorm with bias).
+        rms_norm_eps: epsilon of every norm layer, whatever `norm_type` is (the HF name is kept for compatibility).
+        rms_impl: how `rms` runs: `auto` (the fused Triton kernel on CUDA when Triton is installed, PyTorch
+            otherwise), `triton` (always the kernel; an error where it cannot run) or `torch`. It changes speed,
+            never the checkpoint format.
+        tie_word_embeddings: share the input embedding with the output projection.
+        initializer_range: standard deviation of the normal init of every matrix; the residual output projections
+            are further scaled by 1/sqrt(2 * num_hidden_layers) (GPT-2).
+    """
+
+    model_type = "normgpt"
+    keys_to_ignore_at_inference = ["cache"]
+
+    vocab_size: int = 50304
+    hidden_size: int = 768
+    intermediate_size: int | None = None
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    num_key_value_heads: int | None = None
+    max_position_embeddings: int = 1024
+    rope_theta: float = 10000.0
+    hidden_act: str = "silu"
+    norm_type: str = "rms"
+    rms_norm_eps: float = 1e-6
+    rms_impl: str = "auto"
+    tie_word_embeddings: bool = True
+    initializer_range: float = 0.02
+    use_cache: bool = True
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.intermediate_size is None:
+            if self.hidden_act == "silu":
+                self.intermediate_size = 64 * -(-(8 * self.hidden_size // 3) // 64)  # ceil to a multiple of 64
+            else:
+                self.intermediate_size = 4 * self.hidden_size
+        self._check()
+        super().__post_init__(**kwargs)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def _check(self) -> None:
+        """Reject impossible configurations with one message that names the field and what it may be."""
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size ({self.hidden_size})"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head dimension hidden_size/num_attention_heads = {self.head_dim} must be even for RoPE")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_key_value_heads ({self.num_key_value_heads}) must divide "
+                f"num_attention_heads ({self.num_attention_heads})"
+            )
+        for name, value, valid in (
+            ("norm_type", self.norm_type, NORM_TYPES),
+            ("hidden_act", self.hidden_act, HIDDEN_ACTS),
+            ("rms_impl", self.rms_impl, RMS_IMPLS),
+        ):
+            if value not in valid:
+                raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+        if not self.rms_norm_eps > 0:
+            raise ValueError(f"rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
+        if not self.rope_theta > 0:
+            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
+        if not self.initializer_range > 0:
+            raise ValueError(f"initializer_range must be > 0, got {self.initializer_range!r}")
+
+
+__all__ = ["NormGPTConfig"]

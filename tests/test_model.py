@@ -1,0 +1,285 @@
+"""The model: norm numerics, config validation, causality, generation with and without cache, save/load."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from model import NORMS, LayerNorm, NormGPTConfig, NormGPTForCausalLM, RMSNorm, build_norm
+from model.configuration_normgpt import NORM_TYPES
+
+
+def tiny_config(**overrides) -> NormGPTConfig:
+    kwargs = dict(
+        vocab_size=101,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        eos_token_id=0,
+        pad_token_id=0,
+        bos_token_id=0,
+    )
+    return NormGPTConfig(**{**kwargs, **overrides})
+
+
+def tiny_model(seed: int = 0, **overrides) -> NormGPTForCausalLM:
+    torch.manual_seed(seed)
+    return NormGPTForCausalLM(tiny_config(**overrides)).eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Norms
+
+
+def test_rmsnorm_matches_torch_rmsnorm_float32():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 96) * 3 + 0.5
+    ours = RMSNorm(96, eps=1e-6, impl="torch")
+    ref = torch.nn.RMSNorm(96, eps=1e-6)
+    with torch.no_grad():
+        w = torch.randn(96)
+        ours.weight.copy_(w)
+        ref.weight.copy_(w)
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_rmsnorm_llama_numerics_in_half_precision(dtype):
+    """float32 statistics, cast back to the input dtype, then the weight multiply in that dtype."""
+    torch.manual_seed(0)
+    x = (torch.randn(4, 80) * 20).to(dtype)  # large values: squaring them in fp16 would overflow
+    norm = RMSNorm(80, eps=1e-6, impl="torch").to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(80) + 0.5)
+    y = norm(x)
+    assert y.dtype == dtype
+    xf = x.float()
+    expected = norm.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(dtype)
+    assert torch.equal(y, expected)
+    assert torch.isfinite(y).all()
+    # and close to a float64 computation, within the dtype's rounding
+    ref = F.rms_norm(x.double(), (80,), norm.weight.double(), 1e-6)
+    torch.testing.assert_close(y.double(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_rmsnorm_eps_inside_sqrt_and_zero_rows():
+    norm = RMSNorm(8, eps=1e-6, impl="torch")
+    assert torch.equal(norm(torch.zeros(2, 8)), torch.zeros(2, 8))
+    x = torch.full((1, 8), 1e-4)
+    expected = 1e-4 / torch.sqrt(torch.tensor(1e-8 + 1e-6))
+    torch.testing.assert_close(norm(x), torch.full((1, 8), expected.item()))
+
+
+def test_layernorm_matches_functional():
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 48) * 2 + 1
+    norm = LayerNorm(48, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(48))
+        norm.bias.copy_(torch.randn(48))
+    torch.testing.assert_close(norm(x), F.layer_norm(x, (48,), norm.weight, norm.bias, 1e-5))
+
+
+def test_add_forward_is_add_then_norm():
+    torch.manual_seed(0)
+    for norm in (RMSNorm(32, impl="torch"), LayerNorm(32)):
+        x, r = torch.randn(3, 32), torch.randn(3, 32)
+        y, h = norm.add_forward(x, r)
+        torch.testing.assert_close(h, x + r)
+        torch.testing.assert_close(y, norm(x + r))
+
+
+def test_norm_registry_is_the_single_source_of_names():
+    assert tuple(NORMS) == NORM_TYPES
+    assert isinstance(build_norm(tiny_config(norm_type="rms")), RMSNorm)
+    assert isinstance(build_norm(tiny_config(norm_type="layer")), LayerNorm)
+    cfg = tiny_config()
+    cfg.norm_type = "batch"  # bypass the config's own check to reach the registry's
+    with pytest.raises(ValueError, match="unknown norm_type 'batch'; valid: rms, layer"):
+        build_norm(cfg)
+
+
+def test_forced_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    norm = RMSNorm(16, impl="triton")
+    with pytest.raises(RuntimeError, match="rms_impl='triton' cannot run on a cpu tensor"):
+        norm(torch.randn(2, 16))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Config
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(hidden_size=100, num_attention_heads=3), r"num_attention_heads \(3\) must divide hidden_size \(100\)"),
+        (dict(num_key_value_heads=3), r"num_key_value_heads \(3\) must divide num_attention_heads \(4\)"),
+        (dict(norm_type="batch"), "unknown norm_type 'batch'; valid: rms, layer"),
+        (dict(hidden_act="relu"), "unknown hidden_act 'relu'; valid: silu, gelu"),
+        (dict(rms_impl="cuda"), "unknown rms_impl 'cuda'; valid: auto, triton, torch"),
+        (dict(num_hidden_layers=0), "num_hidden_layers must be a positive integer"),
+        (dict(rms_norm_eps=0.0), "rms_norm_eps must be > 0"),
+        (dict(hidden_size=60, num_attention_heads=4), "must be even for RoPE"),
+    ],
+)
+def test_config_rejects_impossible_values(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
+
+
+def test_config_derives_mlp_width():
+    assert tiny_config(hidden_act="silu").intermediate_size == 192  # 8/3 * 64 = 170.7 -> 192
+    assert tiny_config(hidden_act="gelu").intermediate_size == 256
+    assert tiny_config().num_key_value_heads == 4
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model behaviour
+
+
+@pytest.mark.parametrize("overrides", [{}, {"norm_type": "layer", "hidden_act": "gelu"}, {"num_key_value_heads": 2}])
+def test_causality(overrides):
+    """Changing a token changes no logit before it."""
+    model = tiny_model(**overrides)
+    x = torch.randint(1, 101, (2, 24))
+    y = x.clone()
+    y[:, 13] = (y[:, 13] + 7) % 101
+    with torch.no_grad():
+        a, b = model(x).logits, model(y).logits
+    torch.testing.assert_close(a[:, :13], b[:, :13], rtol=0, atol=1e-6)
+    assert (a[:, 13:] - b[:, 13:]).abs().max() > 1e-3
+
+
+def test_loss_is_shifted_cross_entropy_with_ignore_index():
+    model = tiny_model()
+    x = torch.randint(1, 101, (2, 12))
+    labels = x.clone()
+    labels[0, 5:] = -100
+    with torch.no_grad():
+        out = model(x, labels=labels)
+    expected = F.cross_entropy(out.logits[:, :-1].reshape(-1, 101), labels[:, 1:].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.loss, expected)
+    n = (labels[:, 1:] != -100).sum()
+    with torch.no_grad():
+        summed = model(x, labels=labels, num_items_in_batch=n).loss
+    torch.testing.assert_close(summed, expected)
+
+
+def test_gpt2_init_scales_residual_projections():
+    model = tiny_model(num_hidden_layers=8, hidden_size=256, num_attention_heads=4, vocab_size=2048)
+    block = model.model.layers[0]
+    std_in = block.self_attn.q_proj.weight.std().item()
+    std_out = block.self_attn.o_proj.weight.std().item()
+    assert abs(std_in - 0.02) < 0.002
+    assert abs(std_out - 0.02 / 4) < 0.001  # 0.02 / sqrt(2 * 8)
+    assert torch.equal(block.input_layernorm.weight, torch.ones(256))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+@pytest.mark.parametrize("overrides", [{}, {"num_key_value_heads": 1, "norm_type": "layer"}])
+def test_cached_and_uncached_generation_agree(overrides):
+    model = tiny_model(seed=3, **overrides)
+    prompt = torch.randint(1, 101, (2, 7))
+    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
+    with_cache = model.generate(prompt, use_cache=True, **kwargs)
+    without = model.generate(prompt, use_cache=False, **kwargs)
+    assert with_cache.shape == (2, 19)
+    assert torch.equal(with_cache, without)
+    # each generated token is the argmax of a full, uncached forward pass over what came before
+    with torch.no_grad():
+        logits = model(with_cache[:, :-1], use_cache=False).logits
+    assert torch.equal(logits[:, 6:].argmax(-1), with_cache[:, 7:])
+
+
+def test_left_padded_batch_generates_like_unpadded_rows():
+    model = tiny_model(seed=4)
+    short = torch.randint(1, 101, (1, 5))
+    long = torch.randint(1, 101, (1, 8))
+    batch = torch.cat([torch.cat([torch.zeros(1, 3, dtype=torch.long), short], 1), long])
+    mask = torch.ones_like(batch)
+    mask[0, :3] = 0
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    batched = model.generate(batch, attention_mask=mask, **kwargs)
+    alone = model.generate(short, **kwargs)
+    assert torch.equal(batched[0, 3:], alone[0])
+    assert torch.equal(batched[1], model.generate(long, **kwargs)[0])
+
+
+def test_hidden_states_are_returned_per_block():
+    model = tiny_model()
+    out = model(torch.randint(1, 101, (1, 9)), output_hidden_states=True)
+    assert len(out.hidden_states) == 3 and out.hidden_states[0].shape == (1, 9, 64)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Save and load, also where this project is not installed
+
+LOAD_ELSEWHERE = textwrap.dedent(
+    """
+    import importlib.abc, json, sys, torch
+
+    class Block(importlib.abc.MetaPathFinder):  # make the project unimportable, as on a machine without it
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("model", "train"):
+                raise ModuleNotFoundError(name)
+    sys.meta_path.insert(0, Block())
+    from transformers import AutoModelForCausalLM
+    run_dir, ids = sys.argv[1], torch.tensor(json.loads(sys.argv[2]))
+    model = AutoModelForCausalLM.from_pretrained(run_dir, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    with torch.no_grad():
+        logits = model(ids).logits
+    gen = model.generate(ids[:, :4], max_new_tokens=5, do_sample=False, pad_token_id=0)
+    print(json.dumps({"logits": logits.tolist(), "gen": gen.tolist()}))
+    """
+)
+
+
+def load_in_clean_process(run_dir, ids: torch.Tensor, tmp_path) -> dict:
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_ELSEWHERE, str(run_dir), json.dumps(ids.tolist())],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("norm_type", ["rms", "layer"])
+def test_save_then_load_where_project_is_not_importable(tmp_path, norm_type):
+    model = tiny_model(seed=5, norm_type=norm_type, num_key_value_heads=2)
+    run_dir = tmp_path / "run"
+    model.save_pretrained(run_dir)
+    for name in ("config.json", "model.safetensors", "modeling_normgpt.py", "configuration_normgpt.py"):
+        assert (run_dir / name).exists(), name
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_normgpt.NormGPTForCausalLM"
+    ids = torch.randint(1, 101, (2, 10))
+    with torch.no_grad():
+        expected = model(ids).logits
+    got = load_in_clean_process(run_dir, ids, tmp_path)
+    torch.testing.assert_close(torch.tensor(got["logits"]), expected, rtol=0, atol=1e-5)
+    expected_gen = model.generate(ids[:, :4], max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert got["gen"] == expected_gen.tolist()
+
+
+def test_from_pretrained_recomputes_rope_buffer(tmp_path):
+    model = tiny_model(seed=6, rope_theta=500.0)
+    model.save_pretrained(tmp_path / "m")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    torch.testing.assert_close(loaded.model.rotary_emb.inv_freq, model.model.rotary_emb.inv_freq)
+    ids = torch.randint(1, 101, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
