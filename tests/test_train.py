@@ -1,0 +1,205 @@
+"""The training entry point end to end, on CPU: a short run learns and writes every output; resume after kill -9
+repeats the uninterrupted run's losses step for step; 2-process DDP over gloo; wandb offline."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from train.config import REPO_ROOT
+from train.metrics import read_metrics
+
+TRAIN = str(REPO_ROOT / "train" / "train.py")
+# Real text, made from a fixed set of standard-library modules, so the tests need no download.
+CORPUS_MODULES = [
+    "argparse.py", "ast.py", "base64.py", "bisect.py", "calendar.py", "csv.py", "dataclasses.py", "difflib.py",
+    "enum.py", "fractions.py", "functools.py", "gettext.py", "heapq.py", "inspect.py", "ipaddress.py",
+    "json/decoder.py", "json/encoder.py", "logging/__init__.py", "pathlib.py", "pprint.py", "shlex.py",
+    "statistics.py", "string.py", "textwrap.py", "tokenize.py", "typing.py", "uuid.py", "zipfile.py",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out = tmp_path_factory.mktemp("corpus")
+    for name in CORPUS_MODULES:
+        src = root / name
+        if src.exists():
+            (out / (name.replace("/", "_") + ".txt")).write_text(src.read_text(encoding="utf-8"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("token_cache")
+
+
+def tiny_args(corpus: Path, cache_dir: Path, output_dir: Path, **overrides) -> list[str]:
+    args = {
+        "dataset": corpus,
+        "cache_dir": cache_dir,
+        "output_dir": output_dir,
+        "vocab_size": 512,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "block_size": 64,
+        "max_position_embeddings": 64,
+        "per_device_train_batch_size": 8,
+        "max_steps": 40,
+        "warmup_steps": 5,
+        "learning_rate": 3e-3,
+        "logging_steps": 5,
+        "eval_steps": 20,
+        "max_eval_batches": 4,
+        "save_steps": 20,
+        "sample_max_new_tokens": 8,
+        **overrides,
+    }
+    return [item for key, value in args.items() for item in (f"--{key}", str(value))]
+
+
+def run_train(args: list[str], launcher: list[str] | None = None, env: dict | None = None, timeout: int = 600):
+    cmd = [*(launcher or [sys.executable]), TRAIN, *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def test_short_run_learns_and_writes_every_output(corpus, cache_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = run_train(tiny_args(corpus, cache_dir, out, save_total_limit=1))
+    rows = read_metrics(out / "metrics.jsonl")
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == [5, 10, 15, 20, 25, 30, 35, 40]
+    for row in train_rows:
+        assert set(row) >= {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_sec", "elapsed"}
+        assert row["tokens"] == row["step"] * 8 * 64
+    assert train_rows[-1]["loss"] < train_rows[0]["loss"] - 0.5, [r["loss"] for r in train_rows]
+    val = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in val] == [20, 40]
+    assert val[1]["val_loss"] < val[0]["val_loss"]
+    # warm-up then cosine decay
+    lrs = [r["lr"] for r in train_rows]
+    assert lrs[0] == pytest.approx(3e-3) and lrs[-1] < lrs[1]
+
+    for name in ("loss_curve.png", "run_config.yaml", "data_info.json", "sample.txt", "config.json"):
+        assert (out / name).is_file(), name
+    for name in ("model.safetensors", "modeling_normgpt.py", "configuration_normgpt.py", "tokenizer.json"):
+        assert (out / name).is_file(), name
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-40"]  # save_total_limit=1
+    assert json.loads((out / "config.json").read_text())["rms_impl"] == "auto"
+    assert "done: 40 steps" in proc.stdout
+
+    # The run directory is a Hugging Face model + tokenizer.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok("def main(", return_tensors="pt").input_ids
+    gen = model.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=tok.eos_token_id)
+    assert gen.shape[1] == ids.shape[1] + 10
+    assert isinstance(tok.decode(gen[0]), str)
+
+    # A second run on the same data reuses the token cache.
+    info = json.loads((out / "data_info.json").read_text())
+    assert info["fingerprint"]
+
+
+def _wait_for(predicate, proc, timeout=300):
+    start = time.time()
+    while not predicate():
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "process ended early"
+        assert time.time() - start < timeout, "timed out"
+        time.sleep(0.05)
+
+
+def test_resume_after_kill_repeats_the_same_losses(corpus, cache_dir, tmp_path):
+    common = dict(max_steps=30, logging_steps=1, save_steps=6, eval_steps=0, sample_max_new_tokens=0)
+    full = tmp_path / "full"
+    run_train(tiny_args(corpus, cache_dir, full, **common))
+    expected = {r["step"]: r["loss"] for r in read_metrics(full / "metrics.jsonl") if "loss" in r}
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, TRAIN, *tiny_args(corpus, cache_dir, killed, **common)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Kill -9 a few steps after a checkpoint, so the killed run logged steps the resumed run must redo.
+        def past_checkpoint() -> bool:
+            if not (killed / "checkpoint-12").is_dir() or not (killed / "metrics.jsonl").exists():
+                return False
+            return any(r.get("step", 0) >= 14 for r in read_metrics(killed / "metrics.jsonl"))
+
+        _wait_for(past_checkpoint, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    logged = [r["step"] for r in read_metrics(killed / "metrics.jsonl")]
+    assert max(logged) < 30, "the run finished before it could be killed"
+
+    run_train(tiny_args(corpus, cache_dir, killed, resume_from_checkpoint="latest", **common))
+    got = {r["step"]: r["loss"] for r in read_metrics(killed / "metrics.jsonl") if "loss" in r}
+    assert list(got) == list(range(1, 31))  # each step logged once: rows past the checkpoint were dropped
+    assert got == expected
+    assert (killed / "model.safetensors").is_file()
+
+
+def test_resume_from_a_missing_checkpoint_is_one_line(corpus, cache_dir, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, TRAIN, *tiny_args(corpus, cache_dir, tmp_path / "r", resume_from_checkpoint="latest")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"train.py: error: --resume_from_checkpoint latest: no checkpoint-<step> directory in '{tmp_path / 'r'}'"
+    ]
+
+
+def test_two_process_ddp_on_cpu(corpus, cache_dir, tmp_path):
+    out = tmp_path / "ddp"
+    launcher = [shutil.which("accelerate") or "accelerate", "launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    proc = run_train(tiny_args(corpus, cache_dir, out, max_steps=10, eval_steps=5, save_steps=5), launcher=launcher)
+    assert "2 process(es)" in proc.stdout
+    assert "ranks agree" in proc.stdout
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert rows[-1]["tokens"] == 10 * 2 * 8 * 64  # both ranks' tokens are counted
+    assert len(list(out.glob("checkpoint-10/random_states_*.pkl"))) == 2  # one RNG state per rank
+
+
+def test_wandb_offline_run_writes_its_files(corpus, cache_dir, tmp_path):
+    pytest.importorskip("wandb")
+    out = tmp_path / "wb"
+    run_train(
+        tiny_args(corpus, cache_dir, out, max_steps=5, eval_steps=0, save_steps=0, report_to="wandb"),
+        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"},
+    )
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("run-*.wandb")), sorted(p.name for p in runs[0].iterdir())
+
+
+def test_torch_dtype_of_saved_weights_is_float32(corpus, cache_dir, tmp_path):
+    """Mixed precision is autocast only: the saved checkpoint keeps float32 master weights."""
+    out = tmp_path / "dt"
+    run_train(tiny_args(corpus, cache_dir, out, max_steps=2, eval_steps=0, save_steps=0, sample_max_new_tokens=0))
+    from safetensors.torch import load_file
+
+    weights = load_file(out / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}

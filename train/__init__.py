@@ -1,0 +1,1 @@
+"""normgpt training: the entry point (train.py), its configuration, data pipeline and run bookkeeping."""

@@ -1,0 +1,360 @@
+"""Train a NormGPT model. The one entry point, on a laptop CPU, one GPU, many GPUs or many nodes:
+
+    python train/train.py --norm rms                      # plain process
+    accelerate launch train/train.py --norm rms           # whatever `accelerate config` set up
+    accelerate launch --multi_gpu --num_processes 2 train/train.py   # 2-process DDP (gloo on a CPU-only machine)
+
+Everything the run produces goes to --output_dir: metrics.jsonl, loss_curve.png, checkpoint-<step>/ directories,
+run_config.yaml, and at the end a Hugging Face model (config, safetensors, modeling code, tokenizer) that
+`AutoModelForCausalLM.from_pretrained(output_dir, trust_remote_code=True)` loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script, Python puts train/ itself first on sys.path, where `import train` would find this very file
+    # instead of the package. The repository root takes its place (which also works from a clone without pip install).
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import torch  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from accelerate.utils import DistributedType, broadcast_object_list, set_seed  # noqa: E402
+from torch.optim.lr_scheduler import LambdaLR  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from model import NormGPTForCausalLM  # noqa: E402
+from model.modeling_normgpt import Norm  # noqa: E402
+from train import checkpoints as ckpt  # noqa: E402
+from train.config import ConfigError, RunConfig, parse_args, save_run_config  # noqa: E402
+from train.data import DataError, PreparedData, TokenBatches, eval_batches, prepare_data  # noqa: E402
+from train.metrics import MetricsWriter, flops_per_token, peak_flops, plot_loss_curve  # noqa: E402
+
+
+@dataclass
+class TrainerState:
+    """Progress that is not in the model, optimizer or scheduler; saved in every checkpoint."""
+
+    step: int = 0  # optimizer steps completed
+    tokens: int = 0  # training tokens seen, all processes together
+    elapsed: float = 0.0  # seconds of training so far, summed over resumed segments
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "tokens": self.tokens, "elapsed": self.elapsed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
+
+
+def lr_lambda(warmup_steps: int, max_steps: int, min_lr_ratio: float):
+    """Linear warm-up from ~0 to the peak, then cosine decay to `min_lr_ratio` of it at `max_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay only the matrices of linear layers. Norm gains, biases and embeddings are not decayed: pulling a norm
+    gain toward 0 fights the norm, and the (tied) embedding is a lookup table, not a projection."""
+    no_decay_ids = {id(p) for m in model.modules() if isinstance(m, (Norm, torch.nn.Embedding)) for p in m.parameters()}
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (no_decay if id(p) in no_decay_ids or p.ndim < 2 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def resolve_output_dir(run: RunConfig, accelerator: Accelerator) -> Path:
+    """Every process must agree on the directory, so the main process picks a timestamped default and broadcasts."""
+    chosen = [run.training.output_dir]
+    if chosen[0] is None and accelerator.is_main_process:
+        stem = Path(run.config_file).stem
+        norm = run.model.norm_type or "rms"
+        chosen[0] = f"runs/{stem}-{norm}-{datetime.now():%Y%m%d-%H%M%S}"
+    if accelerator.num_processes > 1:
+        broadcast_object_list(chosen)
+    return Path(chosen[0])
+
+
+def check_output_dir(run: RunConfig, output_dir: Path) -> None:
+    """Refuse to mix a new run into a directory that already holds one (the old run's files would be overwritten)."""
+    args = run.training
+    if args.resume_from_checkpoint is None and not args.overwrite_output_dir and ckpt.holds_run(output_dir):
+        raise ConfigError(
+            f"output_dir '{output_dir}' already holds a run; pass --resume_from_checkpoint latest to continue it, "
+            "--overwrite_output_dir to replace it, or another --output_dir"
+        )
+
+
+@torch.no_grad()
+def evaluate(model, accelerator: Accelerator, data: PreparedData, run: RunConfig) -> float:
+    """Mean loss over a fixed set of validation windows, averaged over all processes."""
+    model.eval()
+    total = torch.zeros(2, device=accelerator.device)  # [sum of losses, number of batches]
+    for batch in eval_batches(
+        data.val,
+        run.data.block_size,
+        run.training.per_device_eval_batch_size,
+        run.training.max_eval_batches,
+        accelerator.process_index,
+        accelerator.num_processes,
+    ):
+        batch = batch.to(accelerator.device)
+        total += torch.stack([model(input_ids=batch, labels=batch, use_cache=False).loss.float(), total.new_ones(())])
+    model.train()
+    total = accelerator.reduce(total, reduction="sum")
+    return (total[0] / total[1].clamp(min=1)).item()
+
+
+def check_ranks_agree(model, accelerator: Accelerator) -> None:
+    """DDP keeps the replicas identical by construction; one all-gather of a parameter fingerprint proves it, and
+    catches a rank that silently trained on something else (a skipped all-reduce, a broken sync)."""
+    if accelerator.num_processes == 1 or accelerator.distributed_type == DistributedType.FSDP:
+        return
+    flat = torch.cat([p.detach().double().flatten() for p in accelerator.unwrap_model(model).parameters()])
+    fingerprint = torch.stack([flat.sum(), flat.abs().sum(), flat.pow(2).sum()]).to(accelerator.device)
+    everyone = accelerator.gather(fingerprint[None]).cpu()  # [num_processes, 3]
+    if not (everyone == everyone[0]).all():
+        raise RuntimeError(f"ranks disagree after training: parameter fingerprints {everyone.tolist()}")
+    accelerator.print(f"ranks agree: parameters identical on all {accelerator.num_processes} processes")
+
+
+def save_final_model(model, accelerator: Accelerator, data: PreparedData, output_dir: Path) -> None:
+    """Config, safetensors weights, modeling source and tokenizer into `output_dir`, via a staging directory so the
+    run directory never holds a half-written model."""
+    staging = output_dir / ".final.tmp"
+    state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards; all processes must call it
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        unwrapped = accelerator.unwrap_model(model)
+        # The kernel a run trained with is a speed choice, not part of the model: saved models run anywhere.
+        impl = unwrapped.config.rms_impl
+        unwrapped.config.rms_impl = "auto"
+        unwrapped.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+        unwrapped.config.rms_impl = impl
+        data.tokenizer.save_pretrained(staging)
+        for item in staging.iterdir():
+            target = output_dir / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+        staging.rmdir()
+    accelerator.wait_for_everyone()
+
+
+def sample_text(model, accelerator: Accelerator, data: PreparedData, max_new_tokens: int) -> str:
+    """Greedy continuation of the first tokens of the validation split: the quickest look at what the model learnt."""
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.eval()
+    prompt = torch.as_tensor(data.val[:16].astype("int64"), device=accelerator.device)[None]
+    with torch.no_grad():
+        out = unwrapped.generate(
+            prompt, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=data.tokenizer.eos_token_id
+        )
+    unwrapped.train()
+    return data.tokenizer.decode(out[0])
+
+
+def train(run: RunConfig) -> Path:
+    args = run.training
+    log_with = {"none": None, "all": ["wandb", "tensorboard"]}.get(args.report_to, [args.report_to])
+    accelerator = Accelerator(
+        log_with=log_with,
+        dynamo_backend="inductor" if args.torch_compile else None,
+        step_scheduler_with_optimizer=False,
+    )
+    is_main = accelerator.is_main_process
+    output_dir = resolve_output_dir(run, accelerator)
+    check_output_dir(run, output_dir)
+    resume_path = (
+        ckpt.resolve_checkpoint(args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else None
+    )
+    if args.overwrite_output_dir and resume_path is None and is_main and output_dir.exists():
+        shutil.rmtree(output_dir)
+    accelerator.wait_for_everyone()
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.clean_stale_staging(output_dir)
+    accelerator.project_configuration.project_dir = str(output_dir)
+    accelerator.project_configuration.logging_dir = str(output_dir / "tensorboard")
+
+    set_seed(args.seed)
+    data = prepare_data(run.data, run.model.vocab_size or 4096, accelerator.main_process_first)
+    tokenizer = data.tokenizer
+    config = run.model_config(
+        vocab_size=64 * math.ceil(len(tokenizer) / 64),  # a multiple of 64 keeps the output matmul efficient
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if run.data.block_size > config.max_position_embeddings:
+        raise ConfigError(
+            f"block_size ({run.data.block_size}) exceeds max_position_embeddings ({config.max_position_embeddings})"
+        )
+    model = NormGPTForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_matmul = n_params - model.model.embed_tokens.weight.numel() + model.lm_head.weight.numel()
+    tokens_per_step = args.per_device_train_batch_size * run.data.block_size * args.gradient_accumulation_steps
+    tokens_per_step *= accelerator.num_processes
+
+    optimizer = torch.optim.AdamW(
+        param_groups(model, args.weight_decay),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        fused=accelerator.device.type == "cuda",
+    )
+    scheduler = LambdaLR(optimizer, lr_lambda(args.warmup_steps, args.max_steps, args.min_lr_ratio))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    batches = TokenBatches(
+        data.train,
+        run.data.block_size,
+        args.per_device_train_batch_size,
+        args.seed,
+        accelerator.process_index,
+        accelerator.num_processes,
+    )
+    state = TrainerState()
+    accelerator.register_for_checkpointing(batches, state)
+
+    metrics = MetricsWriter(output_dir / "metrics.jsonl", enabled=is_main)
+    if resume_path is not None:
+        accelerator.load_state(str(resume_path))
+        metrics.truncate_after(state.step)
+        accelerator.print(f"resumed from {resume_path} at step {state.step}")
+    if is_main:
+        save_run_config(run, output_dir / "run_config.yaml")
+        (output_dir / "data_info.json").write_text(json.dumps(data.info, indent=2) + "\n")
+    if log_with:
+        accelerator.init_trackers(
+            "normgpt",
+            config={f"{s}.{k}": v for s, d in run.to_yaml_dict().items() for k, v in d.items()},
+            init_kwargs={"wandb": {"name": args.run_name or output_dir.name, "dir": str(output_dir)}},
+        )
+
+    peak = peak_flops(torch.cuda.get_device_name()) if accelerator.device.type == "cuda" else None
+    fpt = flops_per_token(n_matmul, config.num_hidden_layers, config.hidden_size, run.data.block_size)
+    accelerator.print(
+        f"normgpt: {n_params / 1e6:.2f}M parameters, norm={config.norm_type}, {accelerator.num_processes} process(es) "
+        f"on {accelerator.device.type}, {tokens_per_step} tokens/step, output_dir={output_dir}"
+    )
+
+    def log(row: dict) -> None:
+        metrics.write(row)
+        if log_with:
+            accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+
+    def run_eval() -> float:
+        val_loss = evaluate(model, accelerator, data, run)
+        log({"step": state.step, "val_loss": val_loss, "tokens": state.tokens, "elapsed": round(state.elapsed, 3)})
+        return val_loss
+
+    def save_checkpoint() -> None:
+        final = output_dir / f"checkpoint-{state.step}"
+        staging = ckpt.staging_dir(final)
+        accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()
+        if is_main:
+            ckpt.publish(staging, final)
+            ckpt.rotate(output_dir, args.save_total_limit)
+        accelerator.wait_for_everyone()
+
+    model.train()
+    bar = tqdm(total=args.max_steps, initial=state.step, disable=not is_main, desc="train", dynamic_ncols=True)
+    window_start, window_tokens = time.perf_counter(), 0
+    loss_sum = torch.zeros((), device=accelerator.device)
+    segment_start, elapsed_before = time.perf_counter(), state.elapsed
+    while state.step < args.max_steps:
+        loss_sum.zero_()
+        for micro in range(args.gradient_accumulation_steps):
+            input_ids = batches.next_batch().to(accelerator.device, non_blocking=True)
+            # Skip the gradient all-reduce on all but the last micro-batch of the step.
+            sync = micro == args.gradient_accumulation_steps - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                loss = model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+                accelerator.backward(loss / args.gradient_accumulation_steps)
+            loss_sum += loss.detach()
+        # Norm of the full gradient before clipping (inf: measure without clipping).
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm or float("inf"))
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.tokens += tokens_per_step
+        window_tokens += tokens_per_step
+        state.elapsed = elapsed_before + time.perf_counter() - segment_start
+        bar.update(1)
+
+        if state.step % args.logging_steps == 0 or state.step == args.max_steps:
+            step_loss = accelerator.reduce(loss_sum / args.gradient_accumulation_steps, reduction="mean").item()
+            now = time.perf_counter()
+            tps = window_tokens / (now - window_start)
+            window_start, window_tokens = now, 0
+            row = {
+                "step": state.step,
+                "loss": step_loss,
+                "lr": lr,
+                "grad_norm": float(grad_norm),
+                "tokens": state.tokens,
+                "tokens_per_sec": round(tps, 1),
+                "elapsed": round(state.elapsed, 3),
+            }
+            postfix = {"loss": f"{step_loss:.3f}", "lr": f"{lr:.2e}", "tok/s": f"{tps:,.0f}"}
+            if peak is not None:
+                row["mfu"] = round(tps * fpt / (peak * accelerator.num_processes), 4)
+                postfix["mfu"] = f"{row['mfu']:.1%}"
+            log(row)
+            bar.set_postfix(postfix, refresh=False)
+        if args.eval_steps and state.step % args.eval_steps == 0 and state.step < args.max_steps:
+            val_loss = run_eval()
+            if is_main:
+                bar.write(f"step {state.step}: val_loss {val_loss:.4f}")
+        if args.save_steps and state.step % args.save_steps == 0:
+            save_checkpoint()
+    bar.close()
+
+    val_loss = run_eval()
+    check_ranks_agree(model, accelerator)
+    save_final_model(model, accelerator, data, output_dir)
+    if is_main:
+        plot_loss_curve(output_dir / "metrics.jsonl", output_dir / "loss_curve.png", f"{output_dir.name}")
+        # An FSDP-sharded model cannot generate from the main process alone.
+        if args.sample_max_new_tokens and accelerator.distributed_type != DistributedType.FSDP:
+            text = sample_text(model, accelerator, data, args.sample_max_new_tokens)
+            (output_dir / "sample.txt").write_text(text + "\n")
+            print(f"--- sample (greedy) ---\n{text}\n-----------------------")
+        print(f"done: {state.step} steps, final val_loss {val_loss:.4f}, {state.elapsed:.1f}s; model in {output_dir}")
+    accelerator.end_training()
+    return output_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run = parse_args(argv)
+        train(run)
+    except (ConfigError, DataError, ckpt.CheckpointError) as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
