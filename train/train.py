@@ -175,7 +175,11 @@ def sample_text(model, accelerator: Accelerator, data: PreparedData, max_new_tok
 def train(run: RunConfig) -> Path:
     args = run.training
     log_with = {"none": None, "all": ["wandb", "tensorboard"]}.get(args.report_to, [args.report_to])
+    # accelerate only forms a multi-process CPU group (gloo) when told to use the CPU; without this, two launched
+    # processes on a machine with no GPU would each train alone.
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     accelerator = Accelerator(
+        cpu=world_size > 1 and not torch.accelerator.is_available(),
         log_with=log_with,
         dynamo_backend="inductor" if args.torch_compile else None,
         step_scheduler_with_optimizer=False,
