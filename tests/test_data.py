@@ -273,6 +273,78 @@ def test_interrupted_or_corrupt_cache_is_rebuilt(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Hub datasets, with datasets' hub functions replaced by local in-memory splits (no network here)
+
+
+def fake_hub(monkeypatch: pytest.MonkeyPatch, splits: dict[str, list[str]]) -> list[tuple]:
+    tables = {
+        name: datasets.Dataset.from_dict({"text": texts, "n": list(range(len(texts)))})
+        for name, texts in splits.items()
+    }
+    calls: list[tuple] = []
+
+    def split_names(name: str, config: str | None = None) -> list[str]:
+        return list(tables)
+
+    def load_dataset(name: str, config: str | None = None, *, split: str, streaming: bool) -> datasets.Dataset:
+        calls.append((name, config, split, streaming))
+        return tables[split].to_iterable_dataset() if streaming else tables[split]
+
+    monkeypatch.setattr(datasets, "get_dataset_split_names", split_names)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(D._HubSource, "_revision", lambda self: "rev1")
+    return calls
+
+
+HUB_TRAIN = [f"train text {i}: " + "abc " * (i % 9) for i in range(80)]
+HUB_VAL = [f"validation text {i}" for i in range(10)]
+
+
+def test_hub_dataset_uses_its_validation_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = fake_hub(monkeypatch, {"train": HUB_TRAIN, "validation": HUB_VAL, "test": ["unused"]})
+    prepared = prepare(tmp_path / "cache", dataset="owner/corpus", dataset_config_name="small")
+    assert documents(prepared, "train") == HUB_TRAIN and documents(prepared, "val") == HUB_VAL
+    assert calls == [("owner/corpus", "small", "train", False), ("owner/corpus", "small", "validation", False)]
+    assert prepared.info["source"] == "hub" and prepared.info["hub_validation_split"] is True
+    assert Path(prepared.info["cache_path"]).name.startswith("owner--corpus-")
+
+
+def test_hub_dataset_without_validation_is_split_by_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_hub(monkeypatch, {"train": HUB_TRAIN})
+    prepared = prepare(tmp_path / "cache", dataset="corpus", validation_split_percentage=10)
+    expected_val = [t for i, t in enumerate(HUB_TRAIN) if is_validation(str(i), 10)]
+    assert documents(prepared, "val") == expected_val and expected_val
+    assert documents(prepared, "train") == [t for t in HUB_TRAIN if t not in expected_val]
+
+
+def test_hub_streaming_takes_max_train_bytes_and_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = fake_hub(monkeypatch, {"train": HUB_TRAIN, "validation": HUB_VAL})
+    prepared = prepare(tmp_path / "cache", dataset="corpus", streaming=True, max_train_bytes=700)
+    assert prepared.info["train_bytes"] == 700
+    assert "".join(documents(prepared, "train")) == "".join(HUB_TRAIN).encode()[:700].decode()
+    assert prepared.info["val_bytes"] == 35  # the validation split is capped at 5% of max_train_bytes
+    assert all(streaming for *_, streaming in calls)
+
+    forbid_building(monkeypatch)
+    again = prepare(tmp_path / "cache", dataset="corpus", streaming=True, max_train_bytes=700)
+    assert again.info["cache_hit"] is True
+    monkeypatch.setattr(D._HubSource, "_revision", lambda self: "rev2")  # upstream changed: the cache must not match
+    with pytest.raises(AssertionError, match="cache should have been used"):
+        prepare(tmp_path / "cache", dataset="corpus", streaming=True, max_train_bytes=700)
+
+
+def test_hub_errors_are_data_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_hub(monkeypatch, {"test": ["only a test split"]})
+    with pytest.raises(DataError, match="hub dataset 'corpus' has no 'train' split \\(it has: test\\)"):
+        prepare(tmp_path / "cache", dataset="corpus")
+    fake_hub(monkeypatch, {"train": HUB_TRAIN})
+    with pytest.raises(DataError, match="hub dataset 'corpus' split 'train' has no column 'body'.*: text, n"):
+        prepare(tmp_path / "cache", dataset="corpus", text_column="body")
+    with pytest.raises(DataError, match="column 'n' of hub dataset 'corpus' split 'train' holds"):
+        prepare(tmp_path / "cache", dataset="corpus", text_column="n", streaming=True, max_train_bytes=100)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Errors
 
 

@@ -774,7 +774,8 @@ def prepare_data(
             "cache_version": CACHE_VERSION,
             "dataset_fingerprint": fingerprint,
             "tokenizer": tokenizer_id,
-            "validation_split_percentage": args.validation_split_percentage,
+            # float(): a YAML config may give 5 where the CLI gives 5.0, and both must find the same entry.
+            "validation_split_percentage": float(args.validation_split_percentage),
             "max_train_bytes": args.max_train_bytes,
         }
         key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
