@@ -307,6 +307,8 @@ def test_hub_dataset_uses_its_validation_split(tmp_path: Path, monkeypatch: pyte
     assert calls == [("owner/corpus", "small", "train", False), ("owner/corpus", "small", "validation", False)]
     assert prepared.info["source"] == "hub" and prepared.info["hub_validation_split"] is True
     assert Path(prepared.info["cache_path"]).name.startswith("owner--corpus-")
+    unvalidated = prepare(tmp_path / "cache", dataset="owner/corpus", validation_split_percentage=0)
+    assert documents(unvalidated, "train") == HUB_TRAIN and len(unvalidated.val) == 0
 
 
 def test_hub_dataset_without_validation_is_split_by_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

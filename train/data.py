@@ -146,8 +146,8 @@ def _hash_split(
             continue
         if max_train_bytes is not None:
             text = _truncate_utf8(text, max_train_bytes - train_bytes)
-            if not text:
-                continue
+            if not text:  # the last few bytes of the cap cannot hold this document's first character
+                return
         train_bytes += len(text.encode("utf-8"))
         yield False, text
         if max_train_bytes is not None and train_bytes >= max_train_bytes:
@@ -164,7 +164,7 @@ def _capped(texts: Iterable[str], max_bytes: int | None) -> Iterator[str]:
                 return
             text = _truncate_utf8(text, max_bytes - total)
             if not text:
-                continue
+                return
         total += len(text.encode("utf-8"))
         yield text
 
@@ -436,6 +436,8 @@ class _HubSource:
             yield from _hash_split(keyed, a.validation_split_percentage, a.max_train_bytes)
             return
         yield from ((False, text) for text in _capped(train_texts, a.max_train_bytes))
+        if a.validation_split_percentage == 0:
+            return  # 0 means no validation data, whichever way it would be obtained
         val_cap = None
         if a.max_train_bytes is not None:
             val_cap = max(1, int(a.max_train_bytes * a.validation_split_percentage / 100))
@@ -481,7 +483,7 @@ def _resolve_source(args: DataArguments) -> _Source:
 class _Spool:
     def __init__(self, directory: Path) -> None:
         self.path = directory / "documents.spool"
-        self._file = open(self.path, "wb")  # closed by close(): the spool is filled by a loop in the caller
+        self._file = open(self.path, "wb")  # the caller fills the spool in a loop, then close()s it
         self.offsets = array("Q", [0])
         self.is_val = bytearray()
 
@@ -665,9 +667,11 @@ def _build(
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         spool = _Spool(staging)
-        for is_val, text in source.documents():
-            spool.add(text, is_val)
-        spool.close()
+        try:
+            for is_val, text in source.documents():
+                spool.add(text, is_val)
+        finally:
+            spool.close()
         train_docs, train_bytes = spool.stats(val=False)
         val_docs, val_bytes = spool.stats(val=True)
         if train_docs == 0:
