@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pickle
+import shutil
 import subprocess
 import sys
 import time
@@ -270,6 +272,21 @@ def test_interrupted_or_corrupt_cache_is_rebuilt(tmp_path: Path) -> None:
     np.testing.assert_array_equal(again.train, expected)
     assert not staging.exists()
     assert [p.name for p in entry.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_entry_published_first_by_a_concurrent_build_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_docs(tmp_path / "corpus", 20)
+    real_replace = os.replace
+
+    def racing_replace(src: str | Path, dst: str | Path) -> None:
+        if Path(dst).parent == tmp_path / "cache":  # publishing the entry: another process got there first
+            shutil.copytree(src, dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", racing_replace)
+    prepared = prepare(tmp_path / "cache", dataset=str(tmp_path / "corpus"))
+    assert len(documents(prepared, "train")) + len(documents(prepared, "val")) == 20
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")] == []
 
 
 # ---------------------------------------------------------------------------------------------------------------------
