@@ -23,6 +23,7 @@ checkpoints as remote code, so it imports nothing from the rest of the project a
 Triton (``HAS_TRITON`` is then False and only the PyTorch reference functions are usable).
 """
 
+import contextlib
 import functools
 import os
 
@@ -226,7 +227,7 @@ if HAS_TRITON:
 # Launch heuristics and host launchers
 # ----------------------------------------------------------------------------------------------------------------
 
-# Launch heuristics. Every number here was checked against ptxas' register report for sm_90 (method in
+# Every number below was checked against ptxas' register report for sm_90 (method in
 # docs/benchmarks.md): all configurations stay at or under 64 registers per thread with no spills, so 32 warps fit
 # on an SM, which _bwd_num_programs relies on. Tests lower the *_MAX_FUSED_N / *_CHUNK_N values to exercise the
 # chunked path at small N.
@@ -257,7 +258,8 @@ def _launch_config(
 
     BLOCK_N is the whole row rounded up to a power of two when it fits in registers (SINGLE_PASS), else the
     chunk width. Short rows are packed ROWS to a tile of ~TILE_ELEMENTS; num_warps gives each thread
-    ~elements_per_thread elements of the tile (capped at 32 warps, so the longest fused rows get more).
+    ~elements_per_thread elements of the tile (capped at 32 warps, so the longest single-pass rows give each
+    thread more).
     """
     single_pass = n_cols <= max_fused_n
     block_n = _next_pow2(n_cols) if single_pass else _next_pow2(chunk_n)
@@ -294,6 +296,11 @@ def _alloc(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def _launch_device(x: torch.Tensor):
+    """Triton launches on the current CUDA device, which need not be x's in a multi-GPU process."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def _as_rows(t: torch.Tensor) -> torch.Tensor:
     """(..., N) -> (M, N) with a unit column stride; a view whenever the leading dims can be merged."""
     if t.stride(-1) != 1:
@@ -304,7 +311,10 @@ def _as_rows(t: torch.Tensor) -> torch.Tensor:
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _check_inputs(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None) -> None:
+def _check_inputs(
+    x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None, dy: torch.Tensor | None = None
+) -> None:
+    """Shared by the real and the fake kernels, so torch.compile reports bad inputs at trace time."""
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"fused RMSNorm supports float32/bfloat16/float16 inputs, got {x.dtype}")
     if weight.dtype not in _FLOAT_DTYPES:
@@ -319,6 +329,8 @@ def _check_inputs(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor 
         raise ValueError(
             f"residual must match x: got {tuple(residual.shape)} {residual.dtype} vs {tuple(x.shape)} {x.dtype}"
         )
+    if dy is not None and dy.shape != x.shape:
+        raise ValueError(f"dy shape {tuple(dy.shape)} does not match x shape {tuple(x.shape)}")
 
 
 def _require_triton(x: torch.Tensor) -> None:
@@ -345,24 +357,25 @@ def _rms_norm_fwd(
         return y, rstd, h
     r2 = _as_rows(residual) if residual is not None else x2  # (M, N); x2 is a placeholder the kernel never reads
     block_n, rows, num_warps, single_pass = _fwd_config(n_rows, n_cols)
-    _rms_norm_fwd_kernel[(triton.cdiv(n_rows, rows),)](
-        x2,
-        r2,
-        weight.contiguous(),
-        y,
-        h if h is not None else y,
-        rstd,
-        x2.stride(0),
-        r2.stride(0),
-        n_rows,
-        n_cols,
-        eps,
-        HAS_RESIDUAL=residual is not None,
-        BLOCK_N=block_n,
-        ROWS=rows,
-        SINGLE_PASS=single_pass,
-        num_warps=num_warps,
-    )
+    with _launch_device(x):
+        _rms_norm_fwd_kernel[(triton.cdiv(n_rows, rows),)](
+            x2,
+            r2,
+            weight.contiguous(),
+            y,
+            h if h is not None else y,
+            rstd,
+            x2.stride(0),
+            r2.stride(0),
+            n_rows,
+            n_cols,
+            eps,
+            HAS_RESIDUAL=residual is not None,
+            BLOCK_N=block_n,
+            ROWS=rows,
+            SINGLE_PASS=single_pass,
+            num_warps=num_warps,
+        )
     return y, rstd, h
 
 
@@ -374,7 +387,7 @@ def _rms_norm_bwd(
     dresidual: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (dx, dw). dresidual, when given, is added to dx (the fused add's gradient into h)."""
-    _check_inputs(x, weight, dresidual)
+    _check_inputs(x, weight, dresidual, dy)
     _require_triton(x)
     n_cols = x.shape[-1]
     x2 = _as_rows(x)  # (M, N)
@@ -387,25 +400,26 @@ def _rms_norm_bwd(
     block_n, rows, num_warps, single_pass = _bwd_config(n_rows, n_cols)
     num_programs = _bwd_num_programs(x.device, triton.cdiv(n_rows, rows), num_warps)
     dw_partial = _alloc((num_programs, n_cols), torch.float32, x.device)
-    _rms_norm_bwd_kernel[(num_programs,)](
-        dy2,
-        x2,
-        weight.contiguous(),
-        rstd.contiguous(),
-        dres2,
-        dx,
-        dw_partial,
-        dy2.stride(0),
-        x2.stride(0),
-        dres2.stride(0),
-        n_rows,
-        n_cols,
-        HAS_DRES=dresidual is not None,
-        BLOCK_N=block_n,
-        ROWS=rows,
-        SINGLE_PASS=single_pass,
-        num_warps=num_warps,
-    )
+    with _launch_device(x):
+        _rms_norm_bwd_kernel[(num_programs,)](
+            dy2,
+            x2,
+            weight.contiguous(),
+            rstd.contiguous(),
+            dres2,
+            dx,
+            dw_partial,
+            dy2.stride(0),
+            x2.stride(0),
+            dres2.stride(0),
+            n_rows,
+            n_cols,
+            HAS_DRES=dresidual is not None,
+            BLOCK_N=block_n,
+            ROWS=rows,
+            SINGLE_PASS=single_pass,
+            num_warps=num_warps,
+        )
     return dx, dw_partial.sum(0).to(weight.dtype)
 
 
@@ -446,7 +460,7 @@ def _register_ops() -> None:
 
     @rms_norm_bwd.register_fake
     def _(dy, x, weight, rstd, dresidual):
-        _check_inputs(x, weight, dresidual)
+        _check_inputs(x, weight, dresidual, dy)
         return x.new_empty(x.shape), weight.new_empty(weight.shape)
 
     def rms_norm_setup_context(ctx, inputs, output):
