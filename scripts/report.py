@@ -123,7 +123,7 @@ def spread_meaning(spreads: Sequence[Spread | None]) -> str:
     if 2 in ns:
         parts.append("half the min–max range over 2 seeds")
     if 1 in ns:
-        parts.append("a single seed has no ±")
+        parts.append("no ± where there is a single seed")
     return "± = " + "; ".join(parts)
 
 
@@ -136,7 +136,7 @@ def distinguishable(a: Spread, b: Spread) -> bool | None:
 
 def compare(label_a: str, a: Spread, label_b: str, b: Spread, quantity: str, digits: int = 3, context: str = "") -> str:
     """One sentence comparing two variants on a lower-is-better quantity, refusing to rank within the seed spread."""
-    ns = f"{a.n} seeds" if a.n == b.n else f"{a.n} vs {b.n} seeds"
+    ns = (f"{a.n} seed" + ("s" if a.n > 1 else "")) if a.n == b.n else f"{a.n} vs {b.n} seeds"
     values = f"{a.text(digits)} vs {b.text(digits)} over {ns}"
     where = f" ({context})" if context else ""
     head = f"{label_a} vs {label_b}{where}: {quantity} {values} ({spread_meaning([a, b])})"
@@ -849,6 +849,8 @@ def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "–"
     seconds = float(seconds)
+    if seconds < 10:
+        return f"{seconds:.2g} s"
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
@@ -988,7 +990,7 @@ def build_report(
             row += [
                 _g(sum(x for x in spikes if x is not None)) if any(x is not None for x in spikes) else "–",
                 _f(max((x for x in grads if x is not None), default=None), 2),
-                _f(max((x for x in logits if x is not None), default=None), 1),
+                _f(max((x for x in logits if x is not None), default=None), 2),
             ]
             rows.append(row)
         lines += _table(header, rows)
@@ -1068,16 +1070,15 @@ def build_report(
         "attn_logit_per_lr": "Largest pre-softmax attention logit (max over layers), one panel per learning rate.",
         "resid_rms_depth": "Residual-stream RMS after each block at the end of training, at each variant's best LR.",
     }
-    any_fig = False
+    lr_figures = ("loss_per_lr", "final_loss_vs_lr", "lr_sensitivity", "grad_norm_per_lr", "attn_logit_per_lr")
+    if not study.lr_key:
+        lines += ["The grid has no learning_rate axis: the per-LR figures and LR sensitivity do not apply.", ""]
     for key, caption in captions.items():
         name = figures.get(key)
         if name:
             lines += [f"![{key}](figures/{name})", "", f"*{caption}*", ""]
-            any_fig = True
-        else:
-            lines += [f"- *{key}*: not drawn (no data for it in the finished runs' metrics.jsonl).", ""]
-    if not any_fig:
-        lines.append("")
+        elif study.lr_key or key not in lr_figures:
+            lines += [f"- *{key}*: not drawn (no data for it in the finished runs).", ""]
 
     # --- runs table ------------------------------------------------------------------------------------------------
     lines += ["## Runs", ""]
@@ -1093,7 +1094,7 @@ def build_report(
                 _f(r.value("best_val_loss")),
                 _g(r.value("spike_count")),
                 _f(r.value("max_grad_norm"), 2),
-                _f(r.value("max_attn_logit"), 1),
+                _f(r.value("max_attn_logit"), 2),
                 _g(round(_num(r.value("tokens_per_sec")) or 0)) if r.value("tokens_per_sec") else "–",
                 _duration(_num(r.value("wall_time"))),
             ]
