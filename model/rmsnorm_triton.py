@@ -14,8 +14,9 @@ product to float32; we (and the reference) cast it back, so a norm never silentl
 Every multiply of two half-precision values is done in float32 and rounded once, which is bit-identical to
 what PyTorch does for a bf16/fp16 elementwise multiply. Nothing is ever accumulated in bf16/fp16.
 
-For the fused add, ``h = x + residual`` is rounded to the input dtype (as ``x + residual`` would be in PyTorch),
-written once, and that rounded ``h`` is what gets normalized.
+For the fused add, ``h = x + residual`` is computed in float32 and rounded to PyTorch's dtype for ``x + residual``
+(x's dtype when the two match, float32 for a bf16 x and a float32 residual stream), written once, and that
+rounded ``h`` is what gets normalized; y then has h's dtype, as ``add_rms_norm_reference`` gives.
 
 Layout: ``@triton.jit`` kernels, then host launchers, then the ``torch.library`` custom ops and autograd glue,
 then the public API. This file is self-contained on purpose: it is copied next to saved Hugging Face
@@ -56,12 +57,12 @@ __all__ = [
 if HAS_TRITON:
 
     @triton.jit
-    def _load_h(X, R, x_offs, r_offs, mask, HAS_RESIDUAL: tl.constexpr):
-        """The row values to normalize: x, or x + residual rounded to x's dtype (as PyTorch would round it)."""
+    def _load_h(X, R, x_offs, r_offs, mask, HAS_RESIDUAL: tl.constexpr, H_DTYPE: tl.constexpr):
+        """The row values to normalize: x, or x + residual rounded to H_DTYPE (PyTorch's dtype for x + residual)."""
         h = tl.load(X + x_offs, mask=mask, other=0.0)
         if HAS_RESIDUAL:
             r = tl.load(R + r_offs, mask=mask, other=0.0)
-            h = (h.to(tl.float32) + r.to(tl.float32)).to(X.dtype.element_ty)
+            h = (h.to(tl.float32) + r.to(tl.float32)).to(H_DTYPE)
         return h
 
     @triton.jit
@@ -69,7 +70,7 @@ if HAS_TRITON:
         X,  # (n_rows, n_cols) input, row stride stride_x
         R,  # (n_rows, n_cols) residual, row stride stride_r; unused unless HAS_RESIDUAL
         W,  # (n_cols,) weight, x's dtype or float32
-        Y,  # (n_rows, n_cols) output, contiguous
+        Y,  # (n_rows, n_cols) output, contiguous, in h's dtype (x's without a residual)
         H,  # (n_rows, n_cols) x + residual, contiguous; unused unless HAS_RESIDUAL
         RSTD,  # (n_rows,) float32, saved for the backward
         stride_x,
@@ -96,13 +97,13 @@ if HAS_TRITON:
             # The whole row lives in registers: exactly one read of x (and residual) and one write of y (and h).
             col_mask = cols < n_cols
             mask = row_mask[:, None] & col_mask[None, :]
-            h = _load_h(X, R, x_rows + cols[None, :], r_rows + cols[None, :], mask, HAS_RESIDUAL)
+            h = _load_h(X, R, x_rows + cols[None, :], r_rows + cols[None, :], mask, HAS_RESIDUAL, Y.dtype.element_ty)
             if HAS_RESIDUAL:
                 tl.store(H + out_rows + cols[None, :], h, mask=mask)
             hf = h.to(tl.float32)
             rstd = tl.rsqrt(tl.sum(hf * hf, axis=1) / n_cols + eps)
             w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
-            y = (hf * rstd[:, None]).to(X.dtype.element_ty).to(tl.float32) * w[None, :]
+            y = (hf * rstd[:, None]).to(Y.dtype.element_ty).to(tl.float32) * w[None, :]
             tl.store(Y + out_rows + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
         else:
             # The row is too long for registers. Pass 1 accumulates the sum of squares chunk by chunk (and writes
@@ -111,7 +112,7 @@ if HAS_TRITON:
             for start in range(0, n_cols, BLOCK_N):
                 c = start + cols
                 mask = row_mask[:, None] & (c < n_cols)[None, :]
-                h = _load_h(X, R, x_rows + c[None, :], r_rows + c[None, :], mask, HAS_RESIDUAL)
+                h = _load_h(X, R, x_rows + c[None, :], r_rows + c[None, :], mask, HAS_RESIDUAL, Y.dtype.element_ty)
                 if HAS_RESIDUAL:
                     tl.store(H + out_rows + c[None, :], h, mask=mask)
                 hf = h.to(tl.float32)
@@ -122,9 +123,9 @@ if HAS_TRITON:
                 mask = row_mask[:, None] & (c < n_cols)[None, :]
                 # Recompute h from x and residual rather than reading back H: reading global memory written by
                 # other threads of this program would need a barrier, and the add is bit-identical each time.
-                h = _load_h(X, R, x_rows + c[None, :], r_rows + c[None, :], mask, HAS_RESIDUAL)
+                h = _load_h(X, R, x_rows + c[None, :], r_rows + c[None, :], mask, HAS_RESIDUAL, Y.dtype.element_ty)
                 w = tl.load(W + c, mask=c < n_cols, other=0.0).to(tl.float32)
-                y = (h.to(tl.float32) * rstd[:, None]).to(X.dtype.element_ty).to(tl.float32) * w[None, :]
+                y = (h.to(tl.float32) * rstd[:, None]).to(Y.dtype.element_ty).to(tl.float32) * w[None, :]
                 tl.store(Y + out_rows + c[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
         tl.store(RSTD + rows, rstd, mask=row_mask)
@@ -325,12 +326,19 @@ def _check_inputs(
         raise ValueError(f"weight shape {tuple(weight.shape)} does not match hidden size {x.shape[-1]}")
     if weight.device != x.device:
         raise ValueError(f"weight is on {weight.device} but x is on {x.device}")
-    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype):
+    if residual is not None and (residual.shape != x.shape or residual.dtype not in _FLOAT_DTYPES):
         raise ValueError(
-            f"residual must match x: got {tuple(residual.shape)} {residual.dtype} vs {tuple(x.shape)} {x.dtype}"
+            f"residual must be a float tensor of x's shape: got {tuple(residual.shape)} {residual.dtype}, "
+            f"x is {tuple(x.shape)}"
         )
     if dy is not None and dy.shape != x.shape:
         raise ValueError(f"dy shape {tuple(dy.shape)} does not match x shape {tuple(x.shape)}")
+
+
+def _normalized_dtype(x: torch.Tensor, residual: torch.Tensor | None) -> torch.dtype:
+    """dtype of what gets normalized, and so of y: x's, or PyTorch's promotion of x + residual (an fp32 residual
+    stream with bf16 block outputs gives fp32)."""
+    return x.dtype if residual is None else torch.result_type(x, residual)
 
 
 def _require_triton(x: torch.Tensor) -> None:
@@ -350,9 +358,10 @@ def _rms_norm_fwd(
     n_cols = x.shape[-1]
     x2 = _as_rows(x)  # (M, N)
     n_rows = x2.shape[0]
-    y = _alloc(x.shape, x.dtype, x.device)
+    h_dtype = _normalized_dtype(x, residual)
+    y = _alloc(x.shape, h_dtype, x.device)
     rstd = _alloc(x.shape[:-1], torch.float32, x.device)
-    h = _alloc(x.shape, x.dtype, x.device) if residual is not None else None
+    h = _alloc(x.shape, h_dtype, x.device) if residual is not None else None
     if n_rows == 0:
         return y, rstd, h
     r2 = _as_rows(residual) if residual is not None else x2  # (M, N); x2 is a placeholder the kernel never reads
@@ -450,7 +459,9 @@ def _register_ops() -> None:
     @add_rms_norm_fwd.register_fake
     def _(x, residual, weight, eps):
         _check_inputs(x, weight, residual)
-        return x.new_empty(x.shape), x.new_empty(x.shape[:-1], dtype=torch.float32), x.new_empty(x.shape)
+        h_dtype = _normalized_dtype(x, residual)
+        rstd = x.new_empty(x.shape[:-1], dtype=torch.float32)
+        return x.new_empty(x.shape, dtype=h_dtype), rstd, x.new_empty(x.shape, dtype=h_dtype)
 
     @torch.library.custom_op("normgpt::rms_norm_bwd", mutates_args=())
     def rms_norm_bwd(
@@ -477,16 +488,19 @@ def _register_ops() -> None:
     rms_norm_fwd.register_autograd(rms_norm_backward, setup_context=rms_norm_setup_context)
 
     def add_rms_norm_setup_context(ctx, inputs, output):
-        _, _, weight, _ = inputs
+        x, residual, weight, _ = inputs
         _, rstd, h = output
         ctx.save_for_backward(h, weight, rstd)
+        ctx.input_dtypes = (x.dtype, residual.dtype)
 
     def add_rms_norm_backward(ctx, grad_y, grad_rstd, grad_h):
         # h feeds both the norm and whatever uses the new residual stream, so its total gradient is the norm's
-        # dx plus grad_h; h = x + residual then hands that same gradient to both x and residual.
+        # dx plus grad_h; h = x + residual then hands that same gradient to both x and residual (in their own
+        # dtypes when they differ; .to is a no-op otherwise).
         h, weight, rstd = ctx.saved_tensors
         dh, dw = torch.ops.normgpt.rms_norm_bwd(grad_y, h, weight, rstd, grad_h)
-        return dh, dh, dw, None
+        x_dtype, residual_dtype = ctx.input_dtypes
+        return dh.to(x_dtype), dh.to(residual_dtype), dw, None
 
     add_rms_norm_fwd.register_autograd(add_rms_norm_backward, setup_context=add_rms_norm_setup_context)
 
@@ -527,8 +541,9 @@ def fused_add_rms_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``h = x + residual; return rms_norm(h), h`` in one pass (h is written once and never re-read).
 
-    ``x`` and ``residual`` must have the same shape and dtype. Differentiable in all three tensors, including
-    gradient flowing into the returned ``h`` from its later use as the residual stream.
+    ``x`` and ``residual`` must have the same shape; their dtypes may differ, and then h and y take PyTorch's
+    promoted dtype, exactly as ``add_rms_norm_reference``. Differentiable in all three tensors, including gradient
+    flowing into the returned ``h`` from its later use as the residual stream.
     """
     y, _, h = torch.ops.normgpt.add_rms_norm_fwd(x, residual, weight, eps)
     return y, h

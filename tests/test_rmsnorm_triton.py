@@ -160,13 +160,23 @@ def check_rms_norm(shape, dtype, weight_dtype, *, scale=1.0, seed=0):
     assert_close64(dw, ref.dw, "dw", ref.dw_scale)
 
 
-def check_add_rms_norm(shape, dtype, weight_dtype, *, scale=1.0, seed=0):
+def check_add_rms_norm(shape, dtype, weight_dtype, *, scale=1.0, seed=0, residual_dtype=None):
     x, residual, weight, dy, dh = make_inputs(shape, dtype, weight_dtype, scale=scale, seed=seed)
+    residual = residual.to(residual_dtype or dtype)
+    h_dtype = torch.result_type(x, residual)
+    dy, dh = dy.to(h_dtype), dh.to(h_dtype)
     for t in (x, residual, weight):
         t.requires_grad_()
     y, h = rt.fused_add_rms_norm(x, residual, weight, EPS)
     dx, dres, dw = torch.autograd.grad((y, h), (x, residual, weight), (dy, dh))
-    # h is defined as PyTorch's own x + residual in x's dtype, so it must match bit for bit.
+    assert (y.dtype, h.dtype, dx.dtype, dres.dtype, dw.dtype) == (
+        h_dtype,
+        h_dtype,
+        x.dtype,
+        residual.dtype,
+        weight.dtype,
+    )
+    # h is defined as PyTorch's own x + residual, so it must match bit for bit.
     assert torch.equal(h, x.detach() + residual.detach())
     ref = reference64(h, weight, dy, dh)
     assert_close64(y, ref.y, "y")
@@ -228,6 +238,16 @@ def test_add_rms_norm_matches_float64(shape, dtype, weight_dtype):
 def test_higher_rank_and_eps_dominated_inputs(shape, dtype, weight_dtype, scale):
     check_rms_norm(shape, dtype, weight_dtype, scale=scale)
     check_add_rms_norm(shape, dtype, weight_dtype, scale=scale, seed=1)
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    ("dtype", "residual_dtype", "weight_dtype"), [(bf16, f32, f32), (f16, f32, f16), (f32, bf16, f32)], ids=str
+)
+def test_add_rms_norm_with_a_residual_stream_in_another_dtype(dtype, residual_dtype, weight_dtype):
+    """E.g. bf16 block outputs added to a float32 residual stream: h and y are float32, as x + residual would be."""
+    check_add_rms_norm((129, 100), dtype, weight_dtype, residual_dtype=residual_dtype)
+    check_add_rms_norm((3, 4099), dtype, weight_dtype, residual_dtype=residual_dtype, seed=1)
 
 
 @needs_kernels
@@ -361,8 +381,8 @@ def test_rejects_bad_inputs():
         rt.fused_rms_norm(x, torch.ones(7, device=DEVICE), EPS)
     with pytest.raises(TypeError, match="float32/bfloat16/float16 inputs"):
         rt.fused_rms_norm(x.double(), torch.ones(8, device=DEVICE), EPS)
-    with pytest.raises(ValueError, match="residual must match"):
-        rt.fused_add_rms_norm(x, x.to(bf16), torch.ones(8, device=DEVICE), EPS)
+    with pytest.raises(ValueError, match="residual must be a float tensor of x's shape"):
+        rt.fused_add_rms_norm(x, x[:2], torch.ones(8, device=DEVICE), EPS)
     with pytest.raises(ValueError, match="dy shape"):
         torch.ops.normgpt.rms_norm_bwd(x[:2], x, torch.ones(8, device=DEVICE), torch.ones(3, device=DEVICE), None)
 
@@ -379,13 +399,18 @@ def _opcheck_cases():
     return [
         ("rms_norm_fwd", (x_grad, weight_grad, EPS)),
         ("add_rms_norm_fwd", (x_grad, residual_grad, weight_grad, EPS)),
+        ("add_rms_norm_fwd", (x_grad, residual_grad.float().detach().requires_grad_(), weight_grad, EPS)),
         ("rms_norm_bwd", (dy, x, weight, rstd, None)),
         ("rms_norm_bwd", (dy, x, weight, rstd, dh)),
     ]
 
 
 @needs_kernels
-@pytest.mark.parametrize("case", range(4), ids=["rms_norm_fwd", "add_rms_norm_fwd", "rms_norm_bwd", "bwd+dres"])
+@pytest.mark.parametrize(
+    "case",
+    range(5),
+    ids=["rms_norm_fwd", "add_rms_norm_fwd", "add_rms_norm_fwd-f32-residual", "rms_norm_bwd", "bwd+dres"],
+)
 def test_opcheck(case):
     name, args = _opcheck_cases()[case]
     torch.library.opcheck(getattr(torch.ops.normgpt, name).default, args)
