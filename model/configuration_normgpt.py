@@ -9,7 +9,8 @@ from transformers import PreTrainedConfig
 
 # The registry of norms lives in modeling_normgpt.py; the names are repeated here only so that a bad config fails at
 # construction time, before any weights are allocated. tests/test_model.py checks the two lists agree.
-NORM_TYPES = ("rms", "layer")
+NORM_TYPES = ("rms", "layer", "layer_nobias", "layer_noaffine", "prms", "dyt", "none")
+NORM_PLACEMENTS = ("pre", "post", "peri")
 HIDDEN_ACTS = ("silu", "gelu")  # silu -> SwiGLU MLP, gelu -> plain GELU MLP
 RMS_IMPLS = ("auto", "triton", "torch")
 
@@ -29,7 +30,17 @@ class NormGPTConfig(PreTrainedConfig):
         max_position_embeddings: longest sequence the model is trained for (RoPE itself has no hard limit).
         rope_theta: base of the rotary position embedding frequencies.
         hidden_act: `silu` (SwiGLU MLP) or `gelu` (GELU MLP).
-        norm_type: the normalization layer, by name: `rms` (RMSNorm) or `layer` (LayerNorm with bias).
+        norm_type: the normalization layer, by name: `rms` (RMSNorm), `layer` (LayerNorm with gain and bias),
+            `layer_nobias` (LayerNorm with gain only), `layer_noaffine` (LayerNorm without learnable parameters, as in
+            OLMo 1), `prms` (partial RMSNorm: the RMS of the first `prms_fraction` of the features), `dyt` (Dynamic
+            Tanh, `weight * tanh(alpha * x) + bias` with a learnable scalar alpha) or `none` (identity: the negative
+            control).
+        norm_placement: where the norms sit in a block: `pre` (`h + f(norm(h))`, GPT-2/Llama), `post`
+            (`norm(h + f(h))`, the original Transformer) or `peri` (`h + norm(f(norm(h)))`, Gemma 2 / Peri-LN).
+        qk_norm: RMSNorm over each head's queries and keys before RoPE (OLMo 2, Wortsman et al. 2023).
+        z_loss: coefficient of the auxiliary loss `z_loss * mean(logsumexp(logits)^2)` (PaLM); 0 disables it.
+        prms_fraction: share of the features whose RMS `prms` uses (Zhang & Sennrich 2019 found 6.25% enough).
+        dyt_alpha_init: initial value of DyT's alpha (Zhu et al. 2025 use 0.5 by default).
         rms_norm_eps: epsilon of every norm layer, whatever `norm_type` is (the HF name is kept for compatibility).
         rms_impl: how `rms` runs: `auto` (the fused Triton kernel on CUDA when Triton is installed, PyTorch
             otherwise), `triton` (always the kernel; an error where it cannot run) or `torch`. It changes speed,
@@ -52,6 +63,11 @@ class NormGPTConfig(PreTrainedConfig):
     rope_theta: float = 10000.0
     hidden_act: str = "silu"
     norm_type: str = "rms"
+    norm_placement: str = "pre"
+    qk_norm: bool = False
+    z_loss: float = 0.0
+    prms_fraction: float = 0.0625
+    dyt_alpha_init: float = 0.5
     rms_norm_eps: float = 1e-6
     rms_impl: str = "auto"
     tie_word_embeddings: bool = True
@@ -103,6 +119,7 @@ class NormGPTConfig(PreTrainedConfig):
             )
         for name, value, valid in (
             ("norm_type", self.norm_type, NORM_TYPES),
+            ("norm_placement", self.norm_placement, NORM_PLACEMENTS),
             ("hidden_act", self.hidden_act, HIDDEN_ACTS),
             ("rms_impl", self.rms_impl, RMS_IMPLS),
         ):
@@ -110,6 +127,12 @@ class NormGPTConfig(PreTrainedConfig):
                 raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
         if not self.rms_norm_eps > 0:
             raise ValueError(f"rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
+        if not 0 < self.prms_fraction <= 1:
+            raise ValueError(f"prms_fraction must be in (0, 1], got {self.prms_fraction!r}")
+        if not self.dyt_alpha_init > 0:
+            raise ValueError(f"dyt_alpha_init must be > 0, got {self.dyt_alpha_init!r}")
+        if not self.z_loss >= 0:
+            raise ValueError(f"z_loss must be >= 0, got {self.z_loss!r}")
         if not self.rope_theta > 0:
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
         if not self.initializer_range > 0:

@@ -27,7 +27,10 @@ from .rmsnorm_triton import HAS_TRITON, fused_add_rms_norm, fused_rms_norm, rms_
 
 class Norm(nn.Module):
     """A norm layer of the residual stream. `add_forward` is the residual add followed by the norm; subclasses that can
-    fuse the two (RMSNorm on the Triton path) override it, so the block never branches on the norm type."""
+    fuse the two (RMSNorm on the Triton path) override it, so the block never branches on the norm type.
+    `numerics` says in one sentence where the statistics are computed and in which dtype: reports quote it."""
+
+    numerics = ""
 
     def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (norm(x + residual), x + residual)."""
@@ -49,6 +52,11 @@ class RMSNorm(Norm):
     `impl` picks the kernel, never the numerics: `auto` runs the fused Triton kernel for CUDA tensors when Triton is
     installed and PyTorch otherwise, `triton` forces the kernel (an error where it cannot run), `torch` forces PyTorch.
     """
+
+    numerics = (
+        "mean of squares and rsqrt in float32, normalized value cast back to the input dtype before the weight "
+        "multiply (Llama); eps inside the square root"
+    )
 
     def __init__(self, hidden_size: int, eps: float = 1e-6, impl: str = "auto") -> None:
         super().__init__()
@@ -84,25 +92,91 @@ class RMSNorm(Norm):
 
 
 class LayerNorm(Norm):
-    """LayerNorm (Ba et al. 2016) with a learnable gain and bias: `(x - mean) / sqrt(var + eps) * weight + bias`.
-    Statistics are taken in float32 for half-precision inputs (PyTorch's kernel does this internally)."""
+    """LayerNorm (Ba et al. 2016): `(x - mean) / sqrt(var + eps) * weight + bias`. The constructor follows
+    `nn.LayerNorm`: `elementwise_affine=False` drops both parameters (OLMo 1's non-parametric LayerNorm), `bias=False`
+    keeps only the gain."""
 
-    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+    numerics = (
+        "F.layer_norm: mean and variance in float32 for half-precision inputs, result and affine in the input dtype; "
+        "eps inside the square root"
+    )
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, elementwise_affine: bool = True, bias: bool = True) -> None:
+        super().__init__()
+        self.normalized_shape = (hidden_size,)
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size)) if elementwise_affine else None
+        self.bias = nn.Parameter(torch.zeros(hidden_size)) if elementwise_affine and bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        affine = f"weight={self.weight is not None}, bias={self.bias is not None}"
+        return f"{self.normalized_shape[0]}, eps={self.eps}, {affine}"
+
+
+class PartialRMSNorm(Norm):
+    """pRMSNorm (Zhang & Sennrich 2019): the RMS is estimated from the first `ceil(fraction * d)` features only and
+    scales all of them; otherwise the numerics of RMSNorm above."""
+
+    numerics = (
+        "RMS of the first p*d features in float32, normalized value cast back to the input dtype before the weight "
+        "multiply; eps inside the square root"
+    )
+
+    def __init__(self, hidden_size: int, fraction: float = 0.0625, eps: float = 1e-6) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.bias = nn.Parameter(torch.zeros(hidden_size))
+        self.k = max(1, math.ceil(fraction * hidden_size))
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+        xf = x.float()
+        rstd = torch.rsqrt(xf[..., : self.k].pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * (xf * rstd).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}"
+        return f"{self.weight.shape[0]}, k={self.k}, eps={self.eps}"
+
+
+class DyT(Norm):
+    """Dynamic Tanh (Zhu et al. 2025): `weight * tanh(alpha * x) + bias` with a learnable scalar alpha. No statistics
+    at all, so no reduction over the features and no eps: it squashes outliers instead of rescaling rows."""
+
+    numerics = "no statistics and no eps: tanh(alpha * x) in the input dtype, then the affine"
+
+    def __init__(self, hidden_size: int, alpha_init: float = 0.5) -> None:
+        super().__init__()
+        self.alpha_init = alpha_init
+        self.alpha = nn.Parameter(torch.full((1,), alpha_init))
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.bias = nn.Parameter(torch.zeros(hidden_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * torch.tanh(self.alpha * x) + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, alpha_init={self.alpha_init}"
+
+
+class Identity(Norm):
+    """No normalization: the negative control of an ablation."""
+
+    numerics = "no normalization"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
 
 NORMS = {
     "rms": lambda config: RMSNorm(config.hidden_size, config.rms_norm_eps, config.rms_impl),
     "layer": lambda config: LayerNorm(config.hidden_size, config.rms_norm_eps),
+    "layer_nobias": lambda config: LayerNorm(config.hidden_size, config.rms_norm_eps, bias=False),
+    "layer_noaffine": lambda config: LayerNorm(config.hidden_size, config.rms_norm_eps, elementwise_affine=False),
+    "prms": lambda config: PartialRMSNorm(config.hidden_size, config.prms_fraction, config.rms_norm_eps),
+    "dyt": lambda config: DyT(config.hidden_size, config.dyt_alpha_init),
+    "none": lambda config: Identity(),
 }
 
 
@@ -111,6 +185,15 @@ def build_norm(config: NormGPTConfig) -> Norm:
     if config.norm_type not in NORMS:
         raise ValueError(f"unknown norm_type {config.norm_type!r}; valid: {', '.join(NORMS)}")
     return NORMS[config.norm_type](config)
+
+
+def describe_norms(config: NormGPTConfig) -> str:
+    """Everything a report must say about normalization, in one line: which norm, where, eps, and the numerics."""
+    numerics = type(build_norm(config)).numerics
+    eps = "no eps" if config.norm_type in ("dyt", "none") else f"eps={config.rms_norm_eps:g}"
+    qk = f"; qk_norm: RMSNorm per head, eps={config.rms_norm_eps:g}" if config.qk_norm else ""
+    z = f"; z_loss={config.z_loss:g}" if config.z_loss else ""
+    return f"{config.norm_type} norm, {config.norm_placement} placement, {eps} ({numerics}){qk}{z}"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -168,6 +251,18 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
         self.o_proj.is_residual_projection = True
+        # QK-norm bounds the attention logits, whose growth is a known instability (Dehghani et al. 2023)
+        qk_norm = (lambda: RMSNorm(self.head_dim, config.rms_norm_eps, config.rms_impl)) if config.qk_norm else Identity
+        self.q_norm, self.k_norm = qk_norm(), qk_norm()
+
+    def queries_and_keys(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotated queries [B, H, T, D] and keys [B, Hkv, T, D]; also what stability probes read the logits from."""
+        B, T, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, T, self.num_heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)).transpose(1, 2)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
     def forward(
         self,
@@ -178,10 +273,8 @@ class Attention(nn.Module):
         cache: Cache | None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
+        q, k = self.queries_and_keys(x, cos, sin)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # [B, Hkv, S, D], S = past + T
         # With no explicit mask the queries and keys are the same positions, and SDPA's own causal mask is right.
@@ -229,9 +322,12 @@ MLPS = {"silu": SwiGLUMLP, "gelu": GELUMLP}
 # Block and model
 
 
-class NormGPTBlock(nn.Module):
-    """Pre-norm block: `h = h + attn(norm(h)); h = h + mlp(norm(h))`. The residual stream itself is never normalized,
-    which keeps an identity path from the embedding to the final norm (Xiong et al. 2020: no warm-up needed)."""
+class PreNormBlock(nn.Module):
+    """Pre-norm (GPT-2, Llama): `h = h + attn(norm(h)); h = h + mlp(norm(h))`. The residual stream itself is never
+    normalized, which keeps an identity path from the embedding to the final norm (Xiong et al. 2020: trains without
+    warm-up)."""
+
+    final_norm = True
 
     def __init__(self, config: NormGPTConfig, layer_idx: int) -> None:
         super().__init__()
@@ -240,18 +336,59 @@ class NormGPTBlock(nn.Module):
         self.post_attention_layernorm = build_norm(config)
         self.mlp = MLPS[config.hidden_act](config)
 
-    def forward(
-        self,
-        hidden: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        attn_mask: torch.Tensor | None,
-        cache: Cache | None,
-    ) -> torch.Tensor:
+    def forward(self, hidden, cos, sin, attn_mask, cache) -> torch.Tensor:
         attn_out = self.self_attn(self.input_layernorm(hidden), cos, sin, attn_mask, cache)
         # residual add and second norm in one call: fused into one kernel on the Triton path
         normed, hidden = self.post_attention_layernorm.add_forward(attn_out, hidden)
         return hidden + self.mlp(normed)
+
+
+class PostNormBlock(nn.Module):
+    """Post-norm (the original Transformer, BERT): `h = norm(h + attn(h)); h = norm(h + mlp(h))`. Every residual path
+    goes through a norm, so gradients near the output are large at init and the model needs warm-up (Xiong et al.
+    2020); there is no final norm because the stream leaving the last block is already normalized."""
+
+    final_norm = False
+
+    def __init__(self, config: NormGPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = build_norm(config)
+        self.mlp = MLPS[config.hidden_act](config)
+        self.post_feedforward_layernorm = build_norm(config)
+
+    def forward(self, hidden, cos, sin, attn_mask, cache) -> torch.Tensor:
+        hidden, _ = self.post_attention_layernorm.add_forward(
+            self.self_attn(hidden, cos, sin, attn_mask, cache), hidden
+        )
+        hidden, _ = self.post_feedforward_layernorm.add_forward(self.mlp(hidden), hidden)
+        return hidden
+
+
+class PeriNormBlock(nn.Module):
+    """Peri-norm (Gemma 2, Peri-LN by Kim et al. 2025): each sublayer's input and output are normalized,
+    `h = h + norm(attn(norm(h))); h = h + norm(mlp(norm(h)))`, which bounds what each sublayer adds to the stream.
+    Parameter names are Gemma 2's."""
+
+    final_norm = True
+
+    def __init__(self, config: NormGPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = build_norm(config)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = build_norm(config)
+        self.pre_feedforward_layernorm = build_norm(config)
+        self.mlp = MLPS[config.hidden_act](config)
+        self.post_feedforward_layernorm = build_norm(config)
+
+    def forward(self, hidden, cos, sin, attn_mask, cache) -> torch.Tensor:
+        hidden = hidden + self.post_attention_layernorm(
+            self.self_attn(self.input_layernorm(hidden), cos, sin, attn_mask, cache)
+        )
+        return hidden + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(hidden)))
+
+
+BLOCKS = {"pre": PreNormBlock, "post": PostNormBlock, "peri": PeriNormBlock}
 
 
 class NormGPTPreTrainedModel(PreTrainedModel):
@@ -259,7 +396,7 @@ class NormGPTPreTrainedModel(PreTrainedModel):
     config: NormGPTConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = False
-    _no_split_modules = ["NormGPTBlock"]
+    _no_split_modules = [block.__name__ for block in BLOCKS.values()]  # also FSDP's default wrap units
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -280,6 +417,8 @@ class NormGPTPreTrainedModel(PreTrainedModel):
                 init.ones_(module.weight)
             if getattr(module, "bias", None) is not None:
                 init.zeros_(module.bias)
+            if isinstance(module, DyT):
+                init.constant_(module.alpha, module.alpha_init)
         elif isinstance(module, RotaryEmbedding):
             init.copy_(module.inv_freq, module.compute_inv_freq(module.config))
 
@@ -313,8 +452,9 @@ class NormGPTModel(NormGPTPreTrainedModel):
     def __init__(self, config: NormGPTConfig) -> None:
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList([NormGPTBlock(config, i) for i in range(config.num_hidden_layers)])
-        self.norm = build_norm(config)
+        block = BLOCKS[config.norm_placement]
+        self.layers = nn.ModuleList([block(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = build_norm(config) if block.final_norm else Identity()
         self.rotary_emb = RotaryEmbedding(config)
         self.post_init()
 
@@ -418,6 +558,11 @@ class NormGPTForCausalLM(NormGPTPreTrainedModel, GenerationMixin):
             shift_labels = labels[:, 1:].reshape(-1).to(logits.device)  # [B*(T-1)]
             reduction = "mean" if num_items_in_batch is None else "sum"
             loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction=reduction)
+            if self.config.z_loss:
+                # pulls log Z toward 0 so the softmax stays in a well-conditioned range (PaLM; Wortsman et al. 2023)
+                log_z = torch.logsumexp(shift_logits, dim=-1)[shift_labels != -100]
+                z = log_z.pow(2)
+                loss = loss + self.config.z_loss * (z.mean() if num_items_in_batch is None else z.sum())
             if num_items_in_batch is not None:
                 loss = loss / num_items_in_batch
 
@@ -427,7 +572,12 @@ class NormGPTForCausalLM(NormGPTPreTrainedModel, GenerationMixin):
 
 
 __all__ = [
+    "BLOCKS",
     "NORMS",
+    "DyT",
+    "Identity",
+    "PartialRMSNorm",
+    "describe_norms",
     "LayerNorm",
     "Norm",
     "NormGPTForCausalLM",

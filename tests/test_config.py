@@ -53,7 +53,7 @@ def test_bool_flags():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--norm", "batch"], "--norm: invalid choice: 'batch' (choose from 'rms', 'layer')"),
+        (["--norm", "batch"], "--norm: invalid choice: 'batch' (choose from 'rms', 'layer', 'layer_nobias',"),
         (["--not_a_flag", "3"], "unrecognized arguments: --not_a_flag 3"),
         (["--learning_rate", "-1"], "learning_rate must be > 0, got -1.0"),
         (["--learning_rate", "fast"], "--learning-rate: invalid float value: 'fast'"),

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -68,6 +69,12 @@ def tiny_args(corpus: Path, cache_dir: Path, output_dir: Path, **overrides) -> l
     return [item for key, value in args.items() for item in (f"--{key}", str(value))]
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_train(args: list[str], launcher: list[str] | None = None, env: dict | None = None, timeout: int = 600):
     cmd = [*(launcher or [sys.executable]), TRAIN, *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
@@ -86,13 +93,13 @@ def test_short_run_learns_and_writes_every_output(corpus, cache_dir, tmp_path):
         assert row["tokens"] == row["step"] * 8 * 64
     assert train_rows[-1]["loss"] < train_rows[0]["loss"] - 0.5, [r["loss"] for r in train_rows]
     val = [r for r in rows if "val_loss" in r]
-    assert [r["step"] for r in val] == [20, 40]
-    assert val[1]["val_loss"] < val[0]["val_loss"]
+    assert [r["step"] for r in val] == [0, 20, 40]  # step 0: the loss at initialization
+    assert val[2]["val_loss"] < val[1]["val_loss"] < val[0]["val_loss"]
     # warm-up then cosine decay
     lrs = [r["lr"] for r in train_rows]
     assert lrs[0] == pytest.approx(3e-3) and lrs[-1] < lrs[1]
 
-    for name in ("loss_curve.png", "run_config.yaml", "data_info.json", "sample.txt", "config.json"):
+    for name in ("loss_curve.png", "run_config.yaml", "data_info.json", "sample.txt", "config.json", "summary.json"):
         assert (out / name).is_file(), name
     for name in ("model.safetensors", "modeling_normgpt.py", "configuration_normgpt.py", "tokenizer.json"):
         assert (out / name).is_file(), name
@@ -100,6 +107,12 @@ def test_short_run_learns_and_writes_every_output(corpus, cache_dir, tmp_path):
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-40"]  # save_total_limit=1
     assert json.loads((out / "config.json").read_text())["rms_impl"] == "auto"
     assert "done: 40 steps" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 40
+    assert summary["final_val_loss"] == val[2]["val_loss"] and summary["init_val_loss"] == val[0]["val_loss"]
+    assert "pre placement" in summary["model"]["norm_numerics"]
+    # stability probes on every logging row, one value per block
+    assert all(len(r["grad_norm_blocks"]) == len(r["resid_rms"]) == len(r["attn_logit_max"]) == 2 for r in train_rows)
 
     # The run directory is a Hugging Face model + tokenizer.
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -175,6 +188,7 @@ def test_two_process_ddp_on_cpu(corpus, cache_dir, tmp_path):
     out = tmp_path / "ddp"
     launcher = [shutil.which("accelerate") or "accelerate", "launch", "--multi_gpu", "--num_processes", "2"]
     launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher += ["--main_process_port", str(free_port())]  # not the default 29500 another job may hold
     proc = run_train(tiny_args(corpus, cache_dir, out, max_steps=10, eval_steps=5, save_steps=5), launcher=launcher)
     assert "2 process(es)" in proc.stdout
     assert "ranks agree" in proc.stdout

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-from model.configuration_normgpt import HIDDEN_ACTS, RMS_IMPLS, NormGPTConfig
+from model.configuration_normgpt import HIDDEN_ACTS, NORM_PLACEMENTS, RMS_IMPLS, NormGPTConfig
 from model.modeling_normgpt import NORMS
 from train.data import DataArguments
 
@@ -43,6 +43,13 @@ class ModelArguments:
     norm_type: str | None = field(
         default=None, metadata=_help("normalization layer", aliases=["--norm"], choices=list(NORMS))
     )
+    norm_placement: str | None = field(
+        default=None, metadata=_help("where the norms sit in a block", choices=list(NORM_PLACEMENTS))
+    )
+    qk_norm: bool | None = field(default=None, metadata=_help("RMSNorm on each head's queries and keys"))
+    z_loss: float | None = field(default=None, metadata=_help("coefficient of the z-loss on log Z (0: off)"))
+    prms_fraction: float | None = field(default=None, metadata=_help("share of features pRMSNorm's RMS reads"))
+    dyt_alpha_init: float | None = field(default=None, metadata=_help("initial alpha of DyT"))
     rms_impl: str | None = field(default=None, metadata=_help("RMSNorm kernel", choices=list(RMS_IMPLS)))
     rms_norm_eps: float | None = field(default=None, metadata=_help("epsilon of every norm layer"))
     vocab_size: int | None = field(
@@ -93,6 +100,9 @@ class TrainingArguments:
     save_total_limit: int | None = field(default=2, metadata=_help("keep only the newest N checkpoints"))
     resume_from_checkpoint: str | None = field(
         default=None, metadata=_help("checkpoint directory, or 'latest' for the newest one in output_dir")
+    )
+    stability_metrics: bool = field(
+        default=True, metadata=_help("per-block grad/update/residual/attention-logit probes on logging steps")
     )
     torch_compile: bool = field(default=False, metadata=_help("compile the model with torch.compile"))
     report_to: str = field(default="none", metadata=_help("experiment tracker", choices=list(REPORT_TO)))

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from pathlib import Path
 from typing import Any
+
+import torch
 
 # Dense bf16 peak FLOP/s from vendor datasheets (no sparsity), by a substring of torch.cuda.get_device_name().
 PEAK_BF16_FLOPS = {
@@ -34,6 +37,20 @@ def flops_per_token(n_matmul_params: int, num_layers: int, hidden_size: int, seq
     return 6 * n_matmul_params + 12 * num_layers * hidden_size * seq_len
 
 
+def device_name(device: torch.device) -> str:
+    """What the run ran on, for reports: the GPU's name, or the CPU model and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model} ({os.cpu_count()} cores)"
+
+
 class MetricsWriter:
     """Appends one JSON object per line, flushed at once so a killed run keeps everything it logged."""
 
@@ -56,6 +73,12 @@ class MetricsWriter:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -34,11 +34,41 @@ from torch.optim.lr_scheduler import LambdaLR  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from model import NormGPTForCausalLM  # noqa: E402
-from model.modeling_normgpt import Norm  # noqa: E402
+from model.modeling_normgpt import Norm, describe_norms  # noqa: E402
 from train import checkpoints as ckpt  # noqa: E402
 from train.config import ConfigError, RunConfig, parse_args, save_run_config  # noqa: E402
 from train.data import DataError, PreparedData, TokenBatches, eval_batches, prepare_data  # noqa: E402
-from train.metrics import MetricsWriter, flops_per_token, peak_flops, plot_loss_curve  # noqa: E402
+from train.metrics import (  # noqa: E402
+    MetricsWriter,
+    device_name,
+    flops_per_token,
+    peak_flops,
+    plot_loss_curve,
+    write_json_atomic,
+)
+from train.stability import (  # noqa: E402
+    DivergenceMonitor,
+    SpikeDetector,
+    block_sq_sums,
+    probe,
+    snapshot_blocks,
+    update_sq_sums,
+)
+
+SUMMARY_MODEL_FIELDS = (
+    "norm_type",
+    "norm_placement",
+    "qk_norm",
+    "z_loss",
+    "rms_norm_eps",
+    "rms_impl",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "hidden_act",
+    "vocab_size",
+)
 
 
 @dataclass
@@ -48,12 +78,16 @@ class TrainerState:
     step: int = 0  # optimizer steps completed
     tokens: int = 0  # training tokens seen, all processes together
     elapsed: float = 0.0  # seconds of training so far, summed over resumed segments
+    init_val_loss: float | None = None  # validation loss of the initial weights (step 0)
+    best_val_loss: float | None = None
+    max_grad_norm: float = 0.0  # largest pre-clipping gradient norm of any step
+    max_attn_logit: float | None = None  # largest attention logit any probe saw
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "tokens": self.tokens, "elapsed": self.elapsed}
+        return dict(self.__dict__)
 
     def load_state_dict(self, state: dict) -> None:
-        self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
+        self.__dict__.update(state)
 
 
 def lr_lambda(warmup_steps: int, max_steps: int, min_lr_ratio: float):
@@ -239,10 +273,6 @@ def train(run: RunConfig) -> Path:
     accelerator.register_for_checkpointing(batches, state)
 
     metrics = MetricsWriter(output_dir / "metrics.jsonl", enabled=is_main)
-    if resume_path is not None:
-        accelerator.load_state(str(resume_path))
-        metrics.truncate_after(state.step)
-        accelerator.print(f"resumed from {resume_path} at step {state.step}")
     if is_main:
         save_run_config(run, output_dir / "run_config.yaml")
         (output_dir / "data_info.json").write_text(json.dumps(data.info, indent=2) + "\n")
@@ -265,8 +295,12 @@ def train(run: RunConfig) -> Path:
         if log_with:
             accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
+    has_val = len(data.val) > 0  # --validation_split_percentage 0 trains without evaluation
+
     def run_eval() -> float:
         val_loss = evaluate(model, accelerator, data, run)
+        if math.isfinite(val_loss) and state.step > 0:
+            state.best_val_loss = min(val_loss, state.best_val_loss or math.inf)
         log({"step": state.step, "val_loss": val_loss, "tokens": state.tokens, "elapsed": round(state.elapsed, 3)})
         return val_loss
 
@@ -280,21 +314,48 @@ def train(run: RunConfig) -> Path:
             ckpt.rotate(output_dir, args.save_total_limit)
         accelerator.wait_for_everyone()
 
+    spikes = SpikeDetector()
+    divergence = DivergenceMonitor(args.warmup_steps)
+    accelerator.register_for_checkpointing(spikes, divergence)
+    if resume_path is not None:
+        accelerator.load_state(str(resume_path))
+        metrics.truncate_after(state.step)
+        accelerator.print(f"resumed from {resume_path} at step {state.step}")
+    blocks = accelerator.unwrap_model(model).model.layers
+    reduce_shards = accelerator.distributed_type == DistributedType.FSDP
+
+    def block_norms(sq_sums: torch.Tensor) -> list[float]:
+        if reduce_shards:
+            sq_sums = accelerator.reduce(sq_sums.to(accelerator.device), reduction="sum")
+        return [round(v, 6) for v in sq_sums.sqrt().tolist()]
+
+    if state.step == 0 and has_val:
+        state.init_val_loss = run_eval()
     model.train()
     bar = tqdm(total=args.max_steps, initial=state.step, disable=not is_main, desc="train", dynamic_ncols=True)
     window_start, window_tokens = time.perf_counter(), 0
-    loss_sum = torch.zeros((), device=accelerator.device)
+    window_losses: list[torch.Tensor] = []  # per-step losses, read (one sync) on logging steps only
+    window_grad_norms: list[torch.Tensor] = []
     segment_start, elapsed_before = time.perf_counter(), state.elapsed
+    diverged: str | None = None
+    losses: list[float] = []
     while state.step < args.max_steps:
-        loss_sum.zero_()
+        log_now = (state.step + 1) % args.logging_steps == 0 or state.step + 1 == args.max_steps
+        probing = log_now and args.stability_metrics
+        step_loss = torch.zeros((), device=accelerator.device)
         for micro in range(args.gradient_accumulation_steps):
             input_ids = batches.next_batch().to(accelerator.device, non_blocking=True)
             # Skip the gradient all-reduce on all but the last micro-batch of the step.
-            sync = micro == args.gradient_accumulation_steps - 1
-            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                loss = model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
-                accelerator.backward(loss / args.gradient_accumulation_steps)
-            loss_sum += loss.detach()
+            last = micro == args.gradient_accumulation_steps - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                with probe(blocks) if probing and last else contextlib.nullcontext() as found:
+                    out = model(input_ids=input_ids, labels=input_ids, use_cache=False)
+                accelerator.backward(out.loss / args.gradient_accumulation_steps)
+            step_loss += out.loss.detach() / args.gradient_accumulation_steps
+        if probing:
+            grad_blocks = block_norms(block_sq_sums(blocks, "grad"))
+            before = snapshot_blocks(blocks)
+            log_z = torch.logsumexp(out.logits.detach().float(), dim=-1).mean()
         # Norm of the full gradient before clipping (inf: measure without clipping).
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm or float("inf"))
         lr = scheduler.get_last_lr()[0]
@@ -305,28 +366,57 @@ def train(run: RunConfig) -> Path:
         state.tokens += tokens_per_step
         window_tokens += tokens_per_step
         state.elapsed = elapsed_before + time.perf_counter() - segment_start
+        window_losses.append(step_loss)
+        window_grad_norms.append(grad_norm.detach().float().reshape(()))
         bar.update(1)
-
-        if state.step % args.logging_steps == 0 or state.step == args.max_steps:
-            step_loss = accelerator.reduce(loss_sum / args.gradient_accumulation_steps, reduction="mean").item()
+        if log_now:
+            # One synchronisation reads every step's loss since the last row.
+            losses = accelerator.reduce(torch.stack(window_losses), reduction="mean").tolist()
+            first = state.step - len(losses) + 1
+            new_spikes = [first + i for i, value in enumerate(losses) if spikes.update(first + i, value)]
+            for i, value in enumerate(losses):
+                diverged = diverged or divergence.update(first + i, value)
+            state.max_grad_norm = max(state.max_grad_norm, torch.stack(window_grad_norms).max().item())
+            window_losses, window_grad_norms = [], []
             now = time.perf_counter()
             tps = window_tokens / (now - window_start)
             window_start, window_tokens = now, 0
             row = {
                 "step": state.step,
-                "loss": step_loss,
+                "loss": losses[-1],
                 "lr": lr,
                 "grad_norm": float(grad_norm),
                 "tokens": state.tokens,
                 "tokens_per_sec": round(tps, 1),
                 "elapsed": round(state.elapsed, 3),
             }
-            postfix = {"loss": f"{step_loss:.3f}", "lr": f"{lr:.2e}", "tok/s": f"{tps:,.0f}"}
+            postfix = {"loss": f"{losses[-1]:.3f}", "lr": f"{lr:.2e}", "tok/s": f"{tps:,.0f}"}
             if peak is not None:
                 row["mfu"] = round(tps * fpt / (peak * accelerator.num_processes), 4)
                 postfix["mfu"] = f"{row['mfu']:.1%}"
+            if probing:
+                attn_max = [float(v) for v in torch.stack(found["attn_logit_max"]).tolist()]
+                seen = [state.max_attn_logit] if state.max_attn_logit is not None else []
+                state.max_attn_logit = max(attn_max + seen)
+                # ratio of L2 norms = ratio of RMS: both sums run over the same elements
+                weight_norm = block_norms(block_sq_sums(blocks, "param"))
+                update_norm = block_norms(update_sq_sums(blocks, before))
+                row |= {
+                    "grad_norm_blocks": grad_blocks,
+                    "update_ratio_blocks": [
+                        round(u / max(w, 1e-12), 8) for u, w in zip(update_norm, weight_norm, strict=True)
+                    ],
+                    "resid_rms": [round(v, 5) for v in torch.stack(found["resid_rms"]).tolist()],
+                    "attn_logit_max": [round(v, 4) for v in attn_max],
+                    "log_z": round(log_z.item(), 5),
+                }
+                del before
+            row |= {"spike_count": len(spikes.spike_steps), "spikes": new_spikes}
             log(row)
             bar.set_postfix(postfix, refresh=False)
+            if diverged:
+                log({"step": state.step, "diverged": True, "reason": diverged})
+                break
         if args.eval_steps and state.step % args.eval_steps == 0 and state.step < args.max_steps:
             val_loss = run_eval()
             if is_main:
@@ -335,17 +425,50 @@ def train(run: RunConfig) -> Path:
             save_checkpoint()
     bar.close()
 
-    val_loss = run_eval()
-    check_ranks_agree(model, accelerator)
-    save_final_model(model, accelerator, data, output_dir)
+    final_val_loss = None
+    if diverged:
+        accelerator.print(f"diverged: {diverged}; stopped at step {state.step} of {args.max_steps}")
+    else:
+        final_val_loss = run_eval() if has_val else None
+        check_ranks_agree(model, accelerator)
+        save_final_model(model, accelerator, data, output_dir)
     if is_main:
+        summary = {
+            "status": "diverged" if diverged else "completed",
+            "diverged": bool(diverged),
+            "diverged_reason": diverged,
+            "diverged_step": state.step if diverged else None,
+            "steps": state.step,
+            "max_steps": args.max_steps,
+            "init_val_loss": state.init_val_loss,
+            "final_val_loss": final_val_loss,
+            "best_val_loss": state.best_val_loss,
+            "final_train_loss": losses[-1] if losses else None,
+            "spike_count": len(spikes.spike_steps),
+            "spike_steps": spikes.spike_steps,
+            "max_grad_norm": state.max_grad_norm,
+            "max_attn_logit": state.max_attn_logit,
+            "tokens_per_sec": round(state.tokens / max(state.elapsed, 1e-9), 1),
+            "wall_time": round(state.elapsed, 3),
+            "num_parameters": n_params,
+            "device": device_name(accelerator.device),
+            "num_processes": accelerator.num_processes,
+            "learning_rate": args.learning_rate,
+            "seed": args.seed,
+            "model": {
+                **{k: getattr(config, k) for k in SUMMARY_MODEL_FIELDS},
+                "norm_numerics": describe_norms(config),
+            },
+        }
+        write_json_atomic(output_dir / "summary.json", summary)
         plot_loss_curve(output_dir / "metrics.jsonl", output_dir / "loss_curve.png", f"{output_dir.name}")
         # An FSDP-sharded model cannot generate from the main process alone.
-        if args.sample_max_new_tokens and accelerator.distributed_type != DistributedType.FSDP:
+        if not diverged and args.sample_max_new_tokens and accelerator.distributed_type != DistributedType.FSDP:
             text = sample_text(model, accelerator, data, args.sample_max_new_tokens)
             (output_dir / "sample.txt").write_text(text + "\n")
             print(f"--- sample (greedy) ---\n{text}\n-----------------------")
-        print(f"done: {state.step} steps, final val_loss {val_loss:.4f}, {state.elapsed:.1f}s; model in {output_dir}")
+        final = f"final val_loss {final_val_loss:.4f}" if final_val_loss is not None else "no validation split"
+        print(f"done: {state.step} steps, {final}, {state.elapsed:.1f}s; {summary['status']}; run in {output_dir}")
     accelerator.end_training()
     return output_dir
 
