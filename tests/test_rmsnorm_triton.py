@@ -573,8 +573,10 @@ def test_gpu_backward_is_deterministic():
 @gpu
 @needs_cuda
 def test_gpu_inductor_compiles_without_graph_breaks():
+    # float32, because inductor may split Linear's bias add from the GEMM; in bf16 that rounding difference can
+    # cancel in proj(y) + h and fail an elementwise comparison for reasons that have nothing to do with the norm.
     torch._dynamo.reset()
-    block = PreNormBlock(1024).cuda().to(bf16)
-    x, residual, _, _, _ = make_inputs((4, 512, 1024), bf16, bf16)
+    block = PreNormBlock(1024).cuda()
+    x, residual, _, _, _ = make_inputs((4, 512, 1024), f32, f32)
     compiled = torch.compile(block, fullgraph=True)
     torch.testing.assert_close(compiled(x, residual), block(x, residual))
