@@ -69,7 +69,7 @@ if HAS_TRITON:
     def _rms_norm_fwd_kernel(
         X,  # (n_rows, n_cols) input, row stride stride_x
         R,  # (n_rows, n_cols) residual, row stride stride_r; unused unless HAS_RESIDUAL
-        W,  # (n_cols,) weight, x's dtype or float32
+        W,  # (n_cols,) weight in any float dtype; products are taken in float32
         Y,  # (n_rows, n_cols) output, contiguous, in h's dtype (x's without a residual)
         H,  # (n_rows, n_cols) x + residual, contiguous; unused unless HAS_RESIDUAL
         RSTD,  # (n_rows,) float32, saved for the backward
