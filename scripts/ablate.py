@@ -18,8 +18,9 @@ the set of runs (keys are the trainer's flags without `--`, exactly as on its co
 
 Every run is `accelerate launch --num_processes 1 train/train.py --config BASE <overrides> <grid values>
 --output_dir DIR/runs/<name>`, named from its grid values (`norm=rms,learning_rate=0.003,seed=0`); mixed precision
-and the rest come from your accelerate config. With several GPUs one run goes to each GPU at a time; otherwise runs
-go one after another, all of seed 0 first so an interrupted sweep already covers the whole grid once.
+and the rest come from your accelerate config (or `--accelerate_config FILE`). With several GPUs one run goes to each
+GPU at a time (the first alone until its data is prepared, so the token cache is built once); otherwise runs go one
+after another. All runs of the first seed come first, so an interrupted sweep already covers the whole grid once.
 
 Output, in DIR: `sweep.yaml` (the resolved sweep, written first), `runs/<name>/` (the run, its stdout/stderr in
 `train.log`, and `ablate_error.log` with the end of stderr if it failed), `ablate_runs.jsonl` (one row per launch),
@@ -364,8 +365,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_command(run: Run, run_dir: Path, action: str, slot: str | None, parallel: bool) -> list[str]:
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
+def launch_command(
+    run: Run, run_dir: Path, action: str, slot: str | None, parallel: bool, accelerate_config: str | None = None
+) -> list[str]:
+    launcher = [sys.executable, "-m", "accelerate.commands.launch"]
+    if accelerate_config:
+        launcher += ["--config_file", accelerate_config]
+    launcher += ["--num_processes", "1", "--num_machines", "1"]
     if parallel:
         # Pin the GPU through CUDA_VISIBLE_DEVICES; 'all' keeps an accelerate config's gpu_ids from overriding it,
         # and a port of its own keeps concurrent launches from colliding if the config makes them torchrun.
@@ -476,12 +482,14 @@ def _pump(src, log, tail: bytearray) -> None:
         del tail[:-STDERR_TAIL_BYTES]
 
 
-def start(run: Run, run_dir: Path, action: str, slot: str | None, parallel: bool) -> Active:
+def start(
+    run: Run, run_dir: Path, action: str, slot: str | None, parallel: bool, accelerate_config: str | None
+) -> Active:
     if action == "fresh":
         clear_for_restart(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "ablate_error.log").unlink(missing_ok=True)
-    cmd = launch_command(run, run_dir, action, slot, parallel)
+    cmd = launch_command(run, run_dir, action, slot, parallel, accelerate_config)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if slot is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot
@@ -557,7 +565,14 @@ def stop(active: Active, grace: float = 15.0) -> None:
     active.log.close()
 
 
-def execute(todo: list[tuple[Run, str]], out_dir: Path, total: int, done: int) -> list[Outcome]:
+def _data_ready(active: Active) -> bool:
+    """The run got past data preparation (the token cache is built) or ended."""
+    return active.proc.poll() is not None or (active.run_dir / "metrics.jsonl").is_file()
+
+
+def execute(
+    todo: list[tuple[Run, str]], out_dir: Path, total: int, done: int, accelerate_config: str | None = None
+) -> list[Outcome]:
     from tqdm.auto import tqdm
 
     slots = gpu_slots()
@@ -566,12 +581,17 @@ def execute(todo: list[tuple[Run, str]], out_dir: Path, total: int, done: int) -
     pending = list(todo)
     active: list[Active] = []
     outcomes: list[Outcome] = []
+    first: Active | None = None
     bar = tqdm(total=total, initial=done, desc="sweep", unit="run", dynamic_ncols=True, mininterval=1.0)
     try:
         while pending or active:
-            while pending and free:
+            # In parallel, the first run goes alone until its data is prepared, so the others find the token cache
+            # built instead of all tokenizing the same corpus at once.
+            while pending and free and (first is None or _data_ready(first)):
                 run, action = pending.pop(0)
-                active.append(start(run, out_dir / "runs" / run.name, action, free.pop(0), parallel))
+                a = start(run, out_dir / "runs" / run.name, action, free.pop(0), parallel, accelerate_config)
+                active.append(a)
+                first = first or a
             time.sleep(POLL_SECONDS)
             for a in [a for a in active if a.proc.poll() is not None]:
                 active.remove(a)
@@ -612,9 +632,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output_dir", required=True, help="sweep directory: DIR/runs/<name>/, report, figures")
     parser.add_argument("--dry_run", action="store_true", help="validate and print each run's command; run nothing")
     parser.add_argument("--no_report", action="store_true", help="skip scripts/report.py at the end")
+    parser.add_argument(
+        "--accelerate_config",
+        help="accelerate config file for every run (mixed precision etc.; default: your `accelerate config`); "
+        "ablate.py still sets one process per run and pins GPUs itself",
+    )
     args = parser.parse_args(argv)
     out_dir = Path(args.output_dir)
     try:
+        if args.accelerate_config and not Path(args.accelerate_config).is_file():
+            raise SweepError(f"accelerate config '{args.accelerate_config}' does not exist")
         sweep = load_sweep(Path(args.sweep))
         actions = {}
         for run in sweep.runs:
@@ -648,14 +675,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             slot = slots[i % len(slots)]
             pin = f"CUDA_VISIBLE_DEVICES={slot} " if slot is not None else ""
             print(f"# {run.name}: {action}")
-            print(pin + shlex.join(launch_command(run, run_dir, action, slot, len(slots) > 1)))
+            cmd = launch_command(run, run_dir, action, slot, len(slots) > 1, args.accelerate_config)
+            print(pin + shlex.join(cmd))
         return 0
 
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     write_sweep_yaml(sweep, out_dir)
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
-        outcomes = execute(todo, out_dir, len(sweep.runs), done) if todo else []
+        outcomes = execute(todo, out_dir, len(sweep.runs), done, args.accelerate_config) if todo else []
     except KeyboardInterrupt:
         return 130
     finally:

@@ -999,8 +999,9 @@ def build_report(
         lines.append(
             f"{meaning}. Best LR: lowest mean final validation loss among LRs where no seed diverged. "
             "Largest stable LR: the largest LR where no seed diverged and the mean final loss is within "
-            f"{tolerance:g} nats of the best LR's. Spikes, max grad norm and max attention logit are over all of a "
-            "variant's finished runs (every LR)."
+            f"{tolerance:g} nats of the best LR's. LR sensitivity is measured from each variant's own best loss, so "
+            "a variant that trains equally badly at every LR scores low: read it next to the final loss. Spikes, max "
+            "grad norm and max attention logit are over all of a variant's finished runs (every LR)."
         )
         lines.append("")
 

@@ -187,6 +187,24 @@ def test_one_run_per_gpu_when_there_are_several(monkeypatch):
     assert cmd[cmd.index("--gpu_ids") + 1] == "all" and "--main_process_port" in cmd
 
 
+def test_shipped_studies_are_valid_and_sized_as_documented():
+    flags = ablate.trainer_flags()
+    if "norm_placement" not in flags or "qk_norm" not in flags:
+        pytest.skip("the trainer has no --norm_placement/--qk_norm yet")
+    cpu = ablate.load_sweep(REPO_ROOT / "configs" / "ablations" / "cpu_study.yaml", flags)
+    assert len(cpu.grid["learning_rate"]) == 5 and cpu.grid["seed"] == [0, 1]
+    variants = {(r.grid["norm"], r.grid["norm_placement"]) for r in cpu.runs}
+    assert variants == {("rms", "pre"), ("layer", "pre"), ("rms", "post")} and len(cpu.runs) == 30
+    assert cpu.base.name == "tiny.yaml" and cpu.runs[0].config["save_steps"] == 0
+
+    gpu = ablate.load_sweep(REPO_ROOT / "configs" / "ablations" / "gpu_study.yaml", flags)
+    lrs = gpu.grid["learning_rate"]
+    assert len(lrs) == 7 and lrs[0] == 3e-4 and lrs[-1] == 3e-1 and lrs == sorted(lrs)
+    ratios = [b / a for a, b in zip(lrs, lrs[1:], strict=False)]
+    assert all(2.9 < r < 3.4 for r in ratios)  # log-spaced: about sqrt(10) apart
+    assert gpu.grid["seed"] == [0, 1, 2] and len(gpu.runs) == 168  # the size the file's header states
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # End to end through accelerate launch and the trainer
 # ---------------------------------------------------------------------------------------------------------------------
