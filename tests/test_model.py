@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from model import NORMS, LayerNorm, NormGPTConfig, NormGPTForCausalLM, RMSNorm, build_norm
 from model.configuration_normgpt import NORM_TYPES
+from model.modeling_normgpt import DyT, Identity, PartialRMSNorm, describe_norms
 
 
 def tiny_config(**overrides) -> NormGPTConfig:
@@ -102,7 +103,7 @@ def test_norm_registry_is_the_single_source_of_names():
     assert isinstance(build_norm(tiny_config(norm_type="layer")), LayerNorm)
     cfg = tiny_config()
     cfg.norm_type = "batch"  # bypass the config's own check to reach the registry's
-    with pytest.raises(ValueError, match="unknown norm_type 'batch'; valid: rms, layer"):
+    with pytest.raises(ValueError, match="unknown norm_type 'batch'; valid: rms, layer, layer_nobias, "):
         build_norm(cfg)
 
 
@@ -283,3 +284,97 @@ def test_from_pretrained_recomputes_rope_buffer(tmp_path):
     ids = torch.randint(1, 101, (1, 12))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Ablation variants: every norm in every placement trains, saves, reloads and generates
+
+VARIANTS = [
+    *({"norm_type": norm} for norm in NORM_TYPES),
+    {"norm_placement": "post"},
+    {"norm_placement": "peri", "norm_type": "layer"},
+    {"qk_norm": True, "z_loss": 1e-3},
+    {"norm_type": "dyt", "norm_placement": "peri", "qk_norm": True},
+]
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_variant_trains_saves_reloads_and_generates(tmp_path, overrides):
+    model = tiny_model(seed=7, **overrides).train()
+    ids = torch.randint(1, 101, (4, 16))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)  # 1e-2 diverges without a norm: a real effect
+    losses = []
+    for _ in range(12):
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05, losses  # starts memorising the batch
+    model.eval()
+    model.save_pretrained(tmp_path / "v")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "v").eval()
+    for key, value in overrides.items():
+        assert getattr(loaded.config, key) == value
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+    gen = loaded.generate(ids[:1, :4], max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(gen, model.generate(ids[:1, :4], max_new_tokens=6, do_sample=False, pad_token_id=0))
+
+
+def test_placements_build_the_documented_blocks():
+    pre = tiny_model(norm_placement="pre").model
+    post = tiny_model(norm_placement="post").model
+    peri = tiny_model(norm_placement="peri").model
+    assert isinstance(pre.norm, RMSNorm) and isinstance(peri.norm, RMSNorm)
+    assert isinstance(post.norm, Identity)  # a post-norm stream is normalized already
+    assert {n for n, m in post.layers[0].named_children() if isinstance(m, RMSNorm)} == {
+        "post_attention_layernorm",
+        "post_feedforward_layernorm",
+    }
+    assert {n for n, m in peri.layers[0].named_children() if isinstance(m, RMSNorm)} == {
+        "input_layernorm",
+        "post_attention_layernorm",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+    }
+    # post-norm normalizes the residual stream itself: every block's output has RMS ~1 (unit gains at init)
+    with torch.no_grad():
+        hidden = tiny_model(norm_placement="post")(torch.randint(1, 101, (2, 9)), output_hidden_states=True)
+    for h in hidden.hidden_states[1:]:
+        torch.testing.assert_close(h.pow(2).mean(-1).sqrt(), torch.ones(2, 9), rtol=1e-3, atol=1e-3)
+
+
+def test_variant_norm_numerics():
+    torch.manual_seed(0)
+    x = torch.randn(3, 64) * 2
+    prms = PartialRMSNorm(64, fraction=0.25, eps=1e-6)
+    expected = x * torch.rsqrt(x[:, :16].pow(2).mean(-1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(prms(x), expected)
+    dyt = DyT(64, alpha_init=0.7)
+    torch.testing.assert_close(dyt(x), torch.tanh(0.7 * x))
+    noaffine = LayerNorm(64, eps=1e-5, elementwise_affine=False)
+    assert list(noaffine.parameters()) == []
+    torch.testing.assert_close(noaffine(x), F.layer_norm(x, (64,), eps=1e-5))
+    assert [n for n, _ in LayerNorm(64, bias=False).named_parameters()] == ["weight"]
+    assert torch.equal(Identity()(x), x)
+
+
+def test_qk_norm_normalizes_each_head_and_z_loss_adds_log_z_squared():
+    model = tiny_model(qk_norm=True)
+    attn = model.model.layers[0].self_attn
+    assert isinstance(attn.q_norm, RMSNorm) and attn.q_norm.weight.shape == (16,)
+    ids = torch.randint(1, 101, (2, 10))
+    plain = tiny_model(seed=9)
+    with_z = tiny_model(seed=9, z_loss=1e-2)
+    with torch.no_grad():
+        out = plain(ids, labels=ids)
+        log_z = torch.logsumexp(out.logits[:, :-1].float(), -1)
+        torch.testing.assert_close(with_z(ids, labels=ids).loss, out.loss + 1e-2 * log_z.pow(2).mean())
+
+
+def test_describe_norms_states_placement_eps_and_upcast():
+    text = describe_norms(tiny_config(norm_type="rms", norm_placement="peri", qk_norm=True, rms_norm_eps=1e-5))
+    assert text.startswith("rms norm, peri placement, eps=1e-05 (mean of squares and rsqrt in float32")
+    assert "qk_norm" in text
+    assert "no eps" in describe_norms(tiny_config(norm_type="dyt"))
