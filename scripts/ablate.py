@@ -521,8 +521,8 @@ def finish(active: Active, out_dir: Path) -> Outcome:
     active.log.write(f"=== ablate.py: exit code {code} after {seconds:.1f} s\n".encode())
     active.log.close()
     summary = active.run_dir / "summary.json"
-    status = "failed"
-    if summary.is_file():
+    status = "failed"  # a non-zero exit is a failure even after summary.json (e.g. a crash saving the model)
+    if summary.is_file() and code == 0:
         try:
             data = json.loads(summary.read_text())
             status = "diverged" if data.get("diverged") or data.get("status") == "diverged" else "completed"

@@ -187,6 +187,37 @@ def test_one_run_per_gpu_when_there_are_several(monkeypatch):
     assert cmd[cmd.index("--gpu_ids") + 1] == "all" and "--main_process_port" in cmd
 
 
+@pytest.mark.parametrize(
+    "script, status",
+    [
+        ("write_summary(diverged=True)", "diverged"),
+        ("write_summary(diverged=False)", "completed"),
+        ("sys.stderr.write('boom\\n'); sys.exit(3)", "failed"),
+        ("pass", "failed"),  # exit 0 without a summary.json
+        ("write_summary(diverged=False); sys.stderr.write('crash saving\\n'); sys.exit(1)", "failed"),
+    ],
+)
+def test_outcome_of_a_launch(script, status, tmp_path, monkeypatch):
+    run_dir = tmp_path / "runs" / "seed=0"
+    prog = (
+        "import json, pathlib, sys\n"
+        f"def write_summary(diverged):\n"
+        f"    pathlib.Path({str(run_dir)!r}, 'summary.json').write_text(json.dumps({{'diverged': diverged}}))\n"
+        f"{script}\n"
+    )
+    monkeypatch.setattr(ablate, "launch_command", lambda *a, **k: [sys.executable, "-c", prog])
+    run = ablate.Run("seed=0", {"seed": 0}, [], {}, 5)
+    outcome = ablate.finish(ablate.start(run, run_dir, "fresh", None, False, None), tmp_path)
+    assert outcome.status == status
+    assert (run_dir / "ablate_error.log").exists() == (status == "failed")
+    if "boom" in script:
+        error = (run_dir / "ablate_error.log").read_text()
+        assert "result: exit code 3" in error and error.rstrip().endswith("boom")
+        assert "boom" in (run_dir / "train.log").read_text()
+    row = json.loads((tmp_path / "ablate_runs.jsonl").read_text())
+    assert row["status"] == status and row["name"] == "seed=0"
+
+
 def test_shipped_studies_are_valid_and_sized_as_documented():
     flags = ablate.trainer_flags()
     if "norm_placement" not in flags or "qk_norm" not in flags:
