@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import pytest
@@ -216,6 +217,40 @@ def test_outcome_of_a_launch(script, status, tmp_path, monkeypatch):
         assert "boom" in (run_dir / "train.log").read_text()
     row = json.loads((tmp_path / "ablate_runs.jsonl").read_text())
     assert row["status"] == status and row["name"] == "seed=0"
+
+
+def _alive(pid: int) -> bool:
+    """Running (a killed child not yet reaped by whoever adopted it is a zombie: not alive)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
+def test_stop_ends_the_launched_process_group(tmp_path, monkeypatch):
+    # A launcher that ignores SIGINT and has a child: stop() must still end both.
+    pid_file = tmp_path / "child.pid"
+    prog = (
+        "import pathlib, signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(child.pid))\n"
+        "time.sleep(60)\n"
+    )
+    monkeypatch.setattr(ablate, "launch_command", lambda *a, **k: [sys.executable, "-c", prog])
+    run = ablate.Run("seed=0", {"seed": 0}, [], {}, 5)
+    active = ablate.start(run, tmp_path / "run", "fresh", None, False, None)
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    ablate.stop(active, grace=1.0)
+    assert active.proc.returncode is not None
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child)
 
 
 def test_shipped_studies_are_valid_and_sized_as_documented():
