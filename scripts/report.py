@@ -160,6 +160,16 @@ def ranking(stats: Mapping[str, Spread]) -> list[tuple[str, str]]:
     return pairs
 
 
+def uniformly_worse(sensitivity: Mapping[str, Spread], best_loss: Mapping[str, Spread]) -> list[tuple[str, str]]:
+    """Pairs (a, b) where a is distinguishably less LR-sensitive than b but has a distinguishably worse best loss:
+    its low sensitivity comes from being bad everywhere, not from robustness."""
+    return [
+        (a, b)
+        for a, b in ranking(sensitivity)
+        if a in best_loss and b in best_loss and (b, a) in ranking({a: best_loss[a], b: best_loss[b]})
+    ]
+
+
 def _failed(loss: float | None) -> bool:
     return loss is None or not math.isfinite(loss)
 
@@ -1032,6 +1042,11 @@ def build_report(
                 lines.append(f"Resolved orderings ({title}, lower is better): {text}. All other pairs: not ranked.")
             else:
                 lines.append(f"Ranking by {title}: no pair of variants is distinguishable at this seed count.")
+        for a, b in uniformly_worse(sens_stats, best_stats):
+            lines.append(
+                f"Caveat: {a} has the lower LR sensitivity but the distinguishably higher best loss than {b}: it is "
+                "uniformly worse across the LR grid, not more robust to the learning rate."
+            )
         lines.append("")
 
         # --- per-LR table ---------------------------------------------------------------------------------------
@@ -1068,7 +1083,8 @@ def build_report(
         "lr_sensitivity": "LR sensitivity per variant (Wortsman et al. 2023), mean ± spread over seeds; dots are "
         "single seeds.",
         "grad_norm_per_lr": "Total gradient norm (before clipping), one panel per learning rate (log y).",
-        "attn_logit_per_lr": "Largest pre-softmax attention logit (max over layers), one panel per learning rate.",
+        "attn_logit_per_lr": "Largest pre-softmax attention logit (max over layers), one panel per learning rate "
+        "(log y); Wortsman et al. (2023) tie its growth to attention-logit divergence.",
         "resid_rms_depth": "Residual-stream RMS after each block at the end of training, at each variant's best LR.",
     }
     lr_figures = ("loss_per_lr", "final_loss_vs_lr", "lr_sensitivity", "grad_norm_per_lr", "attn_logit_per_lr")
@@ -1255,6 +1271,7 @@ def write_report(out_dir: Path, tolerance: float = DEFAULT_TOLERANCE) -> Study:
             "attn_logit_max",
             "max attention logit",
             "Largest attention logit (max over layers) per learning rate",
+            log=True,
             reduce=max,
         ),
         "resid_rms_depth": fig_resid_depth(study, fig_dir / "resid_rms_depth.png"),

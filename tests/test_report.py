@@ -109,6 +109,13 @@ def test_ranking_refuses_differences_within_the_seed_spread():
     assert report.ranking({"rms": a, "layer": b}) == []
 
 
+def test_low_sensitivity_from_being_bad_everywhere_is_called_out():
+    S = report.Spread
+    sensitivity = {"pre": S(0.78, 0.02, 2), "post": S(0.62, 0.06, 2), "other": S(0.60, 0.05, 2)}
+    best = {"pre": S(5.69, 0.06, 2), "post": S(6.26, 0.07, 2), "other": S(5.70, 0.05, 2)}
+    assert report.uniformly_worse(sensitivity, best) == [("post", "pre")]
+
+
 def test_band_aligns_curves_on_step_and_drops_non_finite_values():
     xs, mean, lo, hi = report.band([[(0, 1.0), (1, 2.0)], [(0, 3.0), (1, math.nan), (2, 5.0)]])
     assert xs == [0, 1, 2] and mean == [2.0, 2.0, 5.0] and lo == [1.0, 2.0, 5.0] and hi == [3.0, 2.0, 5.0]
@@ -248,6 +255,7 @@ def test_report_end_to_end_on_a_synthetic_sweep(tmp_path):
     assert "norm_placement=pre is lower by 0.300" in pre_post[0]
     assert not [line for line in lines if "norm=rms, norm_placement=pre vs norm=layer, norm_placement=post" in line]
     assert "Resolved orderings (final loss, lower is better): " in md
+    assert "Caveat" not in md  # here post is both worse and more LR-sensitive: nothing to qualify
     assert "Test CPU" in md and "What this does and does not show" in md and "small-scale proxies" in md
     assert "2 seed(s) per setting" in md and "3 learning rates from 0.001 to 0.01" in md
     # Every figure report.md links exists and is a real PNG.
