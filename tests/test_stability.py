@@ -57,10 +57,10 @@ def test_spike_detector_ignores_non_finite_and_round_trips_state():
 
 
 def test_divergence_on_non_finite_loss():
-    monitor = DivergenceMonitor(warmup_steps=10)
+    monitor = DivergenceMonitor(warmup_steps=10, patience=10)
     assert monitor.update(1, 5.0) is None
     assert monitor.update(2, float("inf")) == "loss became non-finite (inf) at step 2"
-    assert DivergenceMonitor(10).update(1, float("nan")).startswith("loss became non-finite (nan)")
+    assert DivergenceMonitor(10, 10).update(1, float("nan")).startswith("loss became non-finite (nan)")
 
 
 def test_divergence_when_loss_stays_at_init_after_warmup():
@@ -132,3 +132,8 @@ def test_block_grad_and_update_norms(tiny):
     torch.optim.SGD(tiny.parameters(), lr=0.1).step()
     updates = update_sq_sums(blocks, before).sqrt()
     torch.testing.assert_close(updates, 0.1 * expected)  # SGD moves each block by lr * its gradient
+
+
+def test_default_patience_is_as_long_as_warmup():
+    assert DivergenceMonitor(warmup_steps=30).patience == 30
+    assert DivergenceMonitor(warmup_steps=3).patience == 10

@@ -60,14 +60,15 @@ class SpikeDetector:
 
 class DivergenceMonitor:
     """A run has diverged when its loss is non-finite, or when, after warm-up, the mean loss of the last `patience`
-    steps is still at or above the loss at initialization (it has learnt nothing, or lost what it learnt). Such a run
-    is stopped: the rest of its budget would be wasted."""
+    steps (default: as many as the warm-up, at least 10) is still at or above the loss at initialization (it has
+    learnt nothing, or lost what it learnt). Such a run is stopped: the rest of its budget would be wasted."""
 
-    def __init__(self, warmup_steps: int, patience: int = 10) -> None:
+    def __init__(self, warmup_steps: int, patience: int | None = None) -> None:
         self.warmup_steps = warmup_steps
-        self.patience = patience
+        # "stays" above: a window as long as warm-up (at least 10 steps), so a brief post-warm-up bump is forgiven
+        self.patience = patience or max(10, warmup_steps)
         self.init_loss: float | None = None
-        self.recent: deque[float] = deque(maxlen=patience)
+        self.recent: deque[float] = deque(maxlen=self.patience)
 
     def update(self, step: int, loss: float) -> str | None:
         """Feed the loss of optimizer step `step` (1-based); returns the reason when the run has diverged."""

@@ -115,6 +115,17 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def use_cpu_cores(accelerator: Accelerator) -> None:
+    """`accelerate launch` sets OMP_NUM_THREADS=1 unless its config says the run is CPU-only, which halves a CPU run
+    on two cores. On the CPU, split the cores among this machine's processes instead (NORMGPT_CPU_THREADS overrides).
+    """
+    if accelerator.device.type != "cpu":
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    torch.set_num_threads(int(os.environ.get("NORMGPT_CPU_THREADS", max(1, cores // local_processes))))
+
+
 def resolve_output_dir(run: RunConfig, accelerator: Accelerator) -> Path:
     """Every process must agree on the directory, so the main process picks a timestamped default and broadcasts."""
     chosen = [run.training.output_dir]
@@ -183,6 +194,7 @@ def save_final_model(model, accelerator: Accelerator, data: PreparedData, output
         unwrapped.config.rms_impl = "auto"
         unwrapped.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
         unwrapped.config.rms_impl = impl
+        data.tokenizer.model_max_length = unwrapped.config.max_position_embeddings
         data.tokenizer.save_pretrained(staging)
         for item in staging.iterdir():
             target = output_dir / item.name
@@ -219,6 +231,7 @@ def train(run: RunConfig) -> Path:
         step_scheduler_with_optimizer=False,
     )
     is_main = accelerator.is_main_process
+    use_cpu_cores(accelerator)
     output_dir = resolve_output_dir(run, accelerator)
     check_output_dir(run, output_dir)
     resume_path = (
