@@ -69,7 +69,15 @@ if str(SCRIPTS) not in sys.path:
 import report  # noqa: E402
 
 from train import checkpoints as ckpt  # noqa: E402
-from train.config import DEFAULT_CONFIG, SECTIONS, ConfigError, build_parser, parse_args  # noqa: E402
+from train.config import (  # noqa: E402
+    DEFAULT_CONFIG,
+    SECTIONS,
+    ConfigError,
+    build_parser,
+    parse_args,
+    read_yaml_mapping,
+)
+from train.metrics import available_cores, cpu_model  # noqa: E402
 
 TRAIN = REPO_ROOT / "train" / "train.py"
 SWEEP_KEYS = ("base", "overrides", "grid", "exclude", "description")
@@ -182,17 +190,10 @@ def _check_keys(where: str, keys, flags: dict[str, Flag], sweep_path: Path) -> N
 
 
 def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise SweepError(f"sweep file '{path}' does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SweepError(f"sweep file '{path}' is not valid YAML{at}") from None
-    if not isinstance(raw, dict):
-        raise SweepError(f"sweep file '{path}' must be a mapping with keys {', '.join(SWEEP_KEYS)}")
-    return raw
+        return read_yaml_mapping(path, "sweep file", SWEEP_KEYS)
+    except ConfigError as err:
+        raise SweepError(str(err)) from None
 
 
 def load_sweep(path: Path, flags: dict[str, Flag] | None = None) -> Sweep:
@@ -402,17 +403,9 @@ def current_step(run_dir: Path) -> int | None:
 
 
 def hardware() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     info: dict[str, Any] = {
-        "cpu": cpu,
-        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu": cpu_model(),
+        "cpu_cores": available_cores(),
         "platform": platform.platform(),
         "python": platform.python_version(),
     }

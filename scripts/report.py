@@ -27,7 +27,6 @@ import csv
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # `python scripts/report.py` from a clone
+    sys.path.insert(0, str(REPO_ROOT))
+
+from train.metrics import available_cores, cpu_model  # noqa: E402
 
 LR_FIELD = "learning_rate"
 SEED_FIELD = "seed"
@@ -869,16 +874,7 @@ def _duration(seconds: float | None) -> str:
 
 
 def _local_hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} CPU cores available"
+    return f"{cpu_model()}, {available_cores()} CPU cores available"
 
 
 def hardware_text(study: Study) -> str:

@@ -75,7 +75,7 @@ def test_bad_flags_are_one_clear_line(argv, message):
     "content, message",
     [
         ("model: [unclosed", "is not valid YAML at line 1"),
-        ("- a\n- b\n", "must be a mapping with sections model, data, training"),
+        ("- a\n- b\n", "must be a mapping with keys model, data, training"),
         ("optim:\n  lr: 1\n", "unknown section 'optim'; valid: model, data, training"),
         ("training:\n  lr: 1\n", "unknown key 'lr' in section 'training'; valid: output_dir,"),
         ("model:\n  hidden_size: 12.5\n", "model.hidden_size must be int, got 12.5"),

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import sys
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,18 +174,24 @@ def build_parser() -> _Parser:
     return parser
 
 
-def _flatten_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, what: str, keys: Sequence[str], missing_hint: str = "") -> dict[str, Any]:
+    """A YAML file that must hold a mapping; every way it can be wrong is a one-line ConfigError naming `what`."""
     if not path.is_file():
-        presets = sorted(p.name for p in (REPO_ROOT / "configs").glob("*.yaml"))
-        raise ConfigError(f"config file '{path}' does not exist; presets in configs/: {', '.join(presets)}")
+        raise ConfigError(f"{what} '{path}' does not exist{missing_hint}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
-        raise ConfigError(f"config file '{path}' is not valid YAML{at}") from None
+        raise ConfigError(f"{what} '{path}' is not valid YAML{at}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file '{path}' must be a mapping with sections {', '.join(SECTIONS)}")
+        raise ConfigError(f"{what} '{path}' must be a mapping with keys {', '.join(keys)}")
+    return raw
+
+
+def _flatten_yaml(path: Path) -> dict[str, Any]:
+    presets = ", ".join(sorted(p.name for p in (REPO_ROOT / "configs").glob("*.yaml")))
+    raw = read_yaml_mapping(path, "config file", list(SECTIONS), f"; presets in configs/: {presets}")
     flat: dict[str, Any] = {}
     for section, values in raw.items():
         if section not in SECTIONS:

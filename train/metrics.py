@@ -37,18 +37,27 @@ def flops_per_token(n_matmul_params: int, num_layers: int, hidden_size: int, seq
     return 6 * n_matmul_params + 12 * num_layers * hidden_size * seq_len
 
 
+def cpu_model() -> str:
+    """The CPU's model name, from /proc/cpuinfo where there is one."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def device_name(device: torch.device) -> str:
     """What the run ran on, for reports: the GPU's name, or the CPU model and core count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model} ({os.cpu_count()} cores)"
+    return f"{cpu_model()} ({available_cores()} cores)"
 
 
 class MetricsWriter:
