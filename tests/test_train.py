@@ -217,3 +217,17 @@ def test_torch_dtype_of_saved_weights_is_float32(corpus, cache_dir, tmp_path):
 
     weights = load_file(out / "model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.float32}
+
+
+def test_torch_compile_run_keeps_its_stability_probes(corpus, cache_dir, tmp_path):
+    """Hooks added to a compiled model's submodules never fire; the trainer must still log every probe."""
+    out = tmp_path / "compiled"
+    args = tiny_args(corpus, cache_dir, out, max_steps=4, logging_steps=2, eval_steps=0, save_steps=0)
+    run_train([*args, "--torch_compile"])
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(len(r["attn_logit_max"]) == len(r["resid_rms"]) == 2 for r in rows)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out)  # saved without the compile wrapper's `_orig_mod.` prefixes
+    assert model.model.layers[1].self_attn.q_proj.weight.abs().sum() > 0

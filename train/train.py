@@ -365,6 +365,11 @@ def train(run: RunConfig) -> Path:
                     out = model(input_ids=input_ids, labels=input_ids, use_cache=False)
                 accelerator.backward(out.loss / args.gradient_accumulation_steps)
             step_loss += out.loss.detach() / args.gradient_accumulation_steps
+        if probing and not found["resid_rms"]:
+            # A compiled forward does not run hooks added to its submodules after compilation: probe the same
+            # micro-batch with one eager, gradient-free forward instead.
+            with torch.no_grad(), probe(blocks) as found:
+                accelerator.unwrap_model(model)(input_ids=input_ids, use_cache=False)
         if probing:
             grad_blocks = block_norms(block_sq_sums(blocks, "grad"))
             before = snapshot_blocks(blocks)
