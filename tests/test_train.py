@@ -227,7 +227,7 @@ def test_torch_compile_run_keeps_its_stability_probes(corpus, cache_dir, tmp_pat
     rows = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in rows] == [2, 4]
     assert all(len(r["attn_logit_max"]) == len(r["resid_rms"]) == 2 for r in rows)
-    from transformers import AutoModelForCausalLM
+    from safetensors.torch import load_file
 
-    model = AutoModelForCausalLM.from_pretrained(out)  # saved without the compile wrapper's `_orig_mod.` prefixes
-    assert model.model.layers[1].self_attn.q_proj.weight.abs().sum() > 0
+    keys = set(load_file(out / "model.safetensors"))
+    assert "model.layers.1.self_attn.q_proj.weight" in keys  # no `_orig_mod.` prefix from the compile wrapper
