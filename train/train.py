@@ -173,7 +173,9 @@ def check_ranks_agree(model, accelerator: Accelerator) -> None:
     catches a rank that silently trained on something else (a skipped all-reduce, a broken sync)."""
     if accelerator.num_processes == 1 or accelerator.distributed_type == DistributedType.FSDP:
         return
-    flat = torch.cat([p.detach().double().flatten() for p in accelerator.unwrap_model(model).parameters()])
+    flat = torch.cat(
+        [p.detach().double().flatten() for p in accelerator.unwrap_model(model, keep_torch_compile=False).parameters()]
+    )
     fingerprint = torch.stack([flat.sum(), flat.abs().sum(), flat.pow(2).sum()]).to(accelerator.device)
     everyone = accelerator.gather(fingerprint[None]).cpu()  # [num_processes, 3]
     if not (everyone == everyone[0]).all():
@@ -185,10 +187,11 @@ def save_final_model(model, accelerator: Accelerator, data: PreparedData, output
     """Config, safetensors weights, modeling source and tokenizer into `output_dir`, via a staging directory so the
     run directory never holds a half-written model."""
     staging = output_dir / ".final.tmp"
-    state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards; all processes must call it
+    # Gathers FSDP shards (all processes must call it). A compiled model's keys carry the wrapper's `_orig_mod.`.
+    state_dict = {k.removeprefix("_orig_mod."): v for k, v in accelerator.get_state_dict(model).items()}
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
         # The kernel a run trained with is a speed choice, not part of the model: saved models run anywhere.
         impl = unwrapped.config.rms_impl
         unwrapped.config.rms_impl = "auto"
@@ -207,7 +210,7 @@ def save_final_model(model, accelerator: Accelerator, data: PreparedData, output
 
 def sample_text(model, accelerator: Accelerator, data: PreparedData, max_new_tokens: int) -> str:
     """Greedy continuation of the first tokens of the validation split: the quickest look at what the model learnt."""
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     unwrapped.eval()
     prompt = torch.as_tensor(data.val[:16].astype("int64"), device=accelerator.device)[None]
     with torch.no_grad():
@@ -334,7 +337,7 @@ def train(run: RunConfig) -> Path:
         accelerator.load_state(str(resume_path))
         metrics.truncate_after(state.step)
         accelerator.print(f"resumed from {resume_path} at step {state.step}")
-    blocks = accelerator.unwrap_model(model).model.layers
+    blocks = accelerator.unwrap_model(model, keep_torch_compile=False).model.layers
     reduce_shards = accelerator.distributed_type == DistributedType.FSDP
 
     def block_norms(sq_sums: torch.Tensor) -> list[float]:
@@ -369,7 +372,7 @@ def train(run: RunConfig) -> Path:
             # A compiled forward does not run hooks added to its submodules after compilation: probe the same
             # micro-batch with one eager, gradient-free forward instead.
             with torch.no_grad(), probe(blocks) as found:
-                accelerator.unwrap_model(model)(input_ids=input_ids, use_cache=False)
+                accelerator.unwrap_model(model, keep_torch_compile=False)(input_ids=input_ids, use_cache=False)
         if probing:
             grad_blocks = block_norms(block_sq_sums(blocks, "grad"))
             before = snapshot_blocks(blocks)
