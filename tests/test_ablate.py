@@ -2,7 +2,6 @@
 again, and a 2x2 mini-sweep end to end through accelerate launch and the real trainer, whose second invocation
 launches nothing."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -14,20 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from scripts_loader import load_script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ABLATE = REPO_ROOT / "scripts" / "ablate.py"
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ablate = _load("ablate")
+ablate = load_script("ablate")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TRAINER_WRITES_SUMMARY = "summary.json" in (REPO_ROOT / "train" / "train.py").read_text()
 CORPUS_MODULES = ["argparse.py", "csv.py", "difflib.py", "json/decoder.py", "textwrap.py", "shlex.py"]

@@ -2,28 +2,19 @@
 refusal to rank within it), and the whole report on synthetic sweep directories written by hand."""
 
 import csv
-import importlib.util
 import itertools
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from scripts_loader import load_script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-report = _load("report")
+report = load_script("report")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
