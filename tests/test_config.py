@@ -91,6 +91,12 @@ def test_bad_config_files_are_one_clear_line(tmp_path, content, message):
     assert message in str(err.value)
 
 
+def test_block_size_beyond_positions_fails_before_any_data_work(capsys, tmp_path):
+    argv = ["--block_size", "256", "--max_position_embeddings", "128", "--dataset", str(tmp_path / "never-read")]
+    assert main([*argv, "--output_dir", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == "train.py: error: block_size (256) exceeds max_position_embeddings (128)"
+
+
 def test_main_reports_one_line_and_exit_code_2(capsys):
     assert main(["--norm", "batch"]) == 2
     err = capsys.readouterr().err.strip()

@@ -231,3 +231,13 @@ def test_torch_compile_run_keeps_its_stability_probes(corpus, cache_dir, tmp_pat
 
     keys = set(load_file(out / "model.safetensors"))
     assert "model.layers.1.self_attn.q_proj.weight" in keys  # no `_orig_mod.` prefix from the compile wrapper
+
+
+def test_training_without_a_validation_split(corpus, cache_dir, tmp_path):
+    out = tmp_path / "noval"
+    args = tiny_args(corpus, cache_dir, out, max_steps=4, eval_steps=2, save_steps=0, sample_max_new_tokens=0)
+    proc = run_train([*args, "--validation_split_percentage", "0"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["final_val_loss"] is None
+    assert not [r for r in read_metrics(out / "metrics.jsonl") if "val_loss" in r]
+    assert "no validation split" in proc.stdout

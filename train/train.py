@@ -12,7 +12,6 @@ run_config.yaml, and at the end a Hugging Face model (config, safetensors, model
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
@@ -249,6 +248,9 @@ def train(run: RunConfig) -> Path:
     accelerator.project_configuration.project_dir = str(output_dir)
     accelerator.project_configuration.logging_dir = str(output_dir / "tensorboard")
 
+    max_positions = run.model_config().max_position_embeddings
+    if run.data.block_size > max_positions:  # checked before any data work: it is a config error
+        raise ConfigError(f"block_size ({run.data.block_size}) exceeds max_position_embeddings ({max_positions})")
     set_seed(args.seed)
     data = prepare_data(run.data, run.model.vocab_size or 4096, accelerator.main_process_first)
     tokenizer = data.tokenizer
@@ -258,10 +260,6 @@ def train(run: RunConfig) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    if run.data.block_size > config.max_position_embeddings:
-        raise ConfigError(
-            f"block_size ({run.data.block_size}) exceeds max_position_embeddings ({config.max_position_embeddings})"
-        )
     model = NormGPTForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())
     n_matmul = n_params - model.model.embed_tokens.weight.numel() + model.lm_head.weight.numel()
@@ -291,7 +289,7 @@ def train(run: RunConfig) -> Path:
     metrics = MetricsWriter(output_dir / "metrics.jsonl", enabled=is_main)
     if is_main:
         save_run_config(run, output_dir / "run_config.yaml")
-        (output_dir / "data_info.json").write_text(json.dumps(data.info, indent=2) + "\n")
+        write_json_atomic(output_dir / "data_info.json", data.info)
     if log_with:
         accelerator.init_trackers(
             "normgpt",
@@ -438,7 +436,7 @@ def train(run: RunConfig) -> Path:
             if diverged:
                 log({"step": state.step, "diverged": True, "reason": diverged})
                 break
-        if args.eval_steps and state.step % args.eval_steps == 0 and state.step < args.max_steps:
+        if has_val and args.eval_steps and state.step % args.eval_steps == 0 and state.step < args.max_steps:
             val_loss = run_eval()
             if is_main:
                 bar.write(f"step {state.step}: val_loss {val_loss:.4f}")
