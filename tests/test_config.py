@@ -97,6 +97,18 @@ def test_block_size_beyond_positions_fails_before_any_data_work(capsys, tmp_path
     assert capsys.readouterr().err.strip() == "train.py: error: block_size (256) exceeds max_position_embeddings (128)"
 
 
+def test_bad_dataset_with_overwrite_leaves_the_old_run_and_creates_nothing(capsys, tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
+    missing = tmp_path / "missing.txt"
+    assert main(["--dataset", str(missing), "--output_dir", str(old), "--overwrite_output_dir"]) == 2
+    assert (old / "metrics.jsonl").read_text() == '{"step": 1, "loss": 3.0}\n'
+    assert main(["--dataset", str(missing), "--output_dir", str(tmp_path / "new")]) == 2
+    assert not (tmp_path / "new").exists()
+    assert capsys.readouterr().err.count("train.py: error: dataset path") == 2
+
+
 def test_main_reports_one_line_and_exit_code_2(capsys):
     assert main(["--norm", "batch"]) == 2
     err = capsys.readouterr().err.strip()

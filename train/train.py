@@ -239,14 +239,6 @@ def train(run: RunConfig) -> Path:
     resume_path = (
         ckpt.resolve_checkpoint(args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else None
     )
-    if args.overwrite_output_dir and resume_path is None and is_main and output_dir.exists():
-        shutil.rmtree(output_dir)
-    accelerator.wait_for_everyone()
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.clean_stale_staging(output_dir)
-    accelerator.project_configuration.project_dir = str(output_dir)
-    accelerator.project_configuration.logging_dir = str(output_dir / "tensorboard")
 
     max_positions = run.model_config().max_position_embeddings
     if run.data.block_size > max_positions:  # checked before any data work: it is a config error
@@ -260,6 +252,15 @@ def train(run: RunConfig) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    # Only now, with every input checked, is anything in output_dir replaced or created.
+    if args.overwrite_output_dir and resume_path is None and is_main and output_dir.exists():
+        shutil.rmtree(output_dir)
+    accelerator.wait_for_everyone()
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.clean_stale_staging(output_dir)
+    accelerator.project_configuration.project_dir = str(output_dir)
+    accelerator.project_configuration.logging_dir = str(output_dir / "tensorboard")
     model = NormGPTForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())
     n_matmul = n_params - model.model.embed_tokens.weight.numel() + model.lm_head.weight.numel()
