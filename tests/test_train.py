@@ -209,6 +209,19 @@ def test_wandb_offline_run_writes_its_files(corpus, cache_dir, tmp_path):
     assert list(runs[0].glob("run-*.wandb")), sorted(p.name for p in runs[0].iterdir())
 
 
+def test_tensorboard_run_writes_per_block_curves(corpus, cache_dir, tmp_path):
+    out = tmp_path / "tb"
+    run_train(tiny_args(corpus, cache_dir, out, max_steps=4, logging_steps=2, eval_steps=0, save_steps=0) + [
+        "--report_to", "tensorboard"
+    ])  # fmt: skip
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((out / "tensorboard").rglob("events.out.tfevents.*")).parent)).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "grad_norm", "resid_rms/0", "resid_rms/1", "attn_logit_max/1", "val_loss"} <= tags, tags
+    assert [e.step for e in events.Scalars("loss")] == [2, 4]
+
+
 def test_torch_dtype_of_saved_weights_is_float32(corpus, cache_dir, tmp_path):
     """Mixed precision is autocast only: the saved checkpoint keeps float32 master weights."""
     out = tmp_path / "dt"

@@ -27,8 +27,8 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import torch  # noqa: E402
-from accelerate import Accelerator  # noqa: E402
-from accelerate.utils import DistributedType, broadcast_object_list, set_seed  # noqa: E402
+from accelerate import Accelerator, PartialState  # noqa: E402
+from accelerate.utils import DistributedType, ProjectConfiguration, broadcast_object_list, set_seed  # noqa: E402
 from torch.optim.lr_scheduler import LambdaLR  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
@@ -125,14 +125,14 @@ def use_cpu_cores(accelerator: Accelerator) -> None:
     torch.set_num_threads(int(os.environ.get("NORMGPT_CPU_THREADS", max(1, cores // local_processes))))
 
 
-def resolve_output_dir(run: RunConfig, accelerator: Accelerator) -> Path:
+def resolve_output_dir(run: RunConfig, state: PartialState) -> Path:
     """Every process must agree on the directory, so the main process picks a timestamped default and broadcasts."""
     chosen = [run.training.output_dir]
-    if chosen[0] is None and accelerator.is_main_process:
+    if chosen[0] is None and state.is_main_process:
         stem = Path(run.config_file).stem
         norm = run.model.norm_type or "rms"
         chosen[0] = f"runs/{stem}-{norm}-{datetime.now():%Y%m%d-%H%M%S}"
-    if accelerator.num_processes > 1:
+    if state.num_processes > 1:
         broadcast_object_list(chosen)
     return Path(chosen[0])
 
@@ -225,16 +225,18 @@ def train(run: RunConfig) -> Path:
     log_with = {"none": None, "all": ["wandb", "tensorboard"]}.get(args.report_to, [args.report_to])
     # accelerate only forms a multi-process CPU group (gloo) when told to use the CPU; without this, two launched
     # processes on a machine with no GPU would each train alone.
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+    # The process group comes first: every process must agree on output_dir, which the trackers need at creation.
+    output_dir = resolve_output_dir(run, PartialState(cpu=cpu))
     accelerator = Accelerator(
-        cpu=world_size > 1 and not torch.accelerator.is_available(),
+        cpu=cpu,
         log_with=log_with,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "tensorboard")),
         dynamo_backend="inductor" if args.torch_compile else None,
         step_scheduler_with_optimizer=False,
     )
     is_main = accelerator.is_main_process
     use_cpu_cores(accelerator)
-    output_dir = resolve_output_dir(run, accelerator)
     check_output_dir(run, output_dir)
     resume_path = (
         ckpt.resolve_checkpoint(args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else None
@@ -259,8 +261,6 @@ def train(run: RunConfig) -> Path:
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         ckpt.clean_stale_staging(output_dir)
-    accelerator.project_configuration.project_dir = str(output_dir)
-    accelerator.project_configuration.logging_dir = str(output_dir / "tensorboard")
     model = NormGPTForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())
     n_matmul = n_params - model.model.embed_tokens.weight.numel() + model.lm_head.weight.numel()
@@ -308,7 +308,14 @@ def train(run: RunConfig) -> Path:
     def log(row: dict) -> None:
         metrics.write(row)
         if log_with:
-            accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+            # Trackers take scalars: per-block lists become one curve per block ("resid_rms/3").
+            scalars = {}
+            for key, value in row.items():
+                if isinstance(value, list):
+                    scalars |= {f"{key}/{i}": v for i, v in enumerate(value)} if key != "spikes" else {}
+                elif key != "step":
+                    scalars[key] = value
+            accelerator.log(scalars, step=row["step"])
 
     has_val = len(data.val) > 0  # --validation_split_percentage 0 trains without evaluation
 
