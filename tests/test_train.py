@@ -2,6 +2,7 @@
 repeats the uninterrupted run's losses step for step; 2-process DDP over gloo; wandb offline."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -254,3 +255,12 @@ def test_training_without_a_validation_split(corpus, cache_dir, tmp_path):
     assert summary["status"] == "completed" and summary["final_val_loss"] is None
     assert not [r for r in read_metrics(out / "metrics.jsonl") if "val_loss" in r]
     assert "no validation split" in proc.stdout
+
+
+def test_gradient_accumulation_counts_every_micro_batch(corpus, cache_dir, tmp_path):
+    out = tmp_path / "ga"
+    args = tiny_args(corpus, cache_dir, out, max_steps=4, logging_steps=2, eval_steps=0, save_steps=0)
+    run_train([*args, "--gradient_accumulation_steps", "3", "--sample_max_new_tokens", "0"])
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert [r["tokens"] for r in rows] == [2 * 3 * 8 * 64, 4 * 3 * 8 * 64]
+    assert all(math.isfinite(r["loss"]) for r in rows)
