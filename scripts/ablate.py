@@ -141,15 +141,6 @@ def trainer_flags() -> dict[str, Flag]:
     return flags
 
 
-def cli_value(value: Any) -> str:
-    """A YAML scalar as the trainer's command line spells it."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=,-]")
 
 
@@ -226,7 +217,7 @@ def load_sweep(path: Path, flags: dict[str, Flag] | None = None) -> Sweep:
         bad = [v for v in values if not _is_scalar(v)]
         if bad:
             raise SweepError(f"sweep '{path}': grid.{key} holds {bad[0]!r}; values must be single values")
-        if len({cli_value(v) for v in values}) < len(values):
+        if len({report.fmt_value(v) for v in values}) < len(values):
             raise SweepError(f"sweep '{path}': grid.{key} lists a value twice")
 
     seen: dict[str, str] = {}
@@ -244,7 +235,7 @@ def load_sweep(path: Path, flags: dict[str, Flag] | None = None) -> Sweep:
         for key, value in entry.items():
             if key not in grid:
                 raise SweepError(f"sweep '{path}': exclude names '{key}', which is not a grid key")
-            if cli_value(value) not in {cli_value(v) for v in grid[key]}:
+            if report.fmt_value(value) not in {report.fmt_value(v) for v in grid[key]}:
                 raise SweepError(f"sweep '{path}': exclude {key}={value!r} is not among grid.{key}")
 
     description = raw.get("description")
@@ -269,16 +260,16 @@ def _expand(sweep: Sweep, flags: dict[str, Flag]) -> list[Run]:
     keys = list(sweep.grid)
     # Seed varies slowest, so a sweep cut short has covered the whole grid with the first seed(s).
     order = sorted(keys, key=lambda k: flags[k].dest != "seed")
-    override_args = [a for k, v in sweep.overrides.items() for a in (f"--{k}", cli_value(v))]
+    override_args = [a for k, v in sweep.overrides.items() for a in (f"--{k}", report.fmt_value(v))]
     runs, names = [], {}
     typed_values: dict[str, list[Any]] = {k: [] for k in keys}
     for combo in itertools.product(*(sweep.grid[k] for k in order)):
         raw = {k: combo[order.index(k)] for k in keys}
-        if any(all(cli_value(raw[k]) == cli_value(v) for k, v in e.items()) for e in sweep.exclude):
+        if any(all(report.fmt_value(raw[k]) == report.fmt_value(v) for k, v in e.items()) for e in sweep.exclude):
             continue
-        grid_args = [a for k in keys for a in (f"--{k}", cli_value(raw[k]))]
+        grid_args = [a for k in keys for a in (f"--{k}", report.fmt_value(raw[k]))]
         args = ["--config", str(sweep.base), *override_args, *grid_args]
-        label = ",".join(f"{k}={cli_value(v)}" for k, v in raw.items())
+        label = ",".join(f"{k}={report.fmt_value(v)}" for k, v in raw.items())
         try:
             resolved = parse_args(args)
         except ConfigError as err:
@@ -289,7 +280,7 @@ def _expand(sweep: Sweep, flags: dict[str, Flag]) -> list[Run]:
             "--config",
             str(sweep.base),
             *override_args,
-            *(a for k in keys for a in (f"--{k}", cli_value(typed[k]))),
+            *(a for k in keys for a in (f"--{k}", report.fmt_value(typed[k]))),
         ]
         for k in keys:
             if typed[k] not in typed_values[k]:

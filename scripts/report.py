@@ -392,6 +392,7 @@ class RunRecord:
 
 
 def fmt_value(value: Any) -> str:
+    """A YAML scalar as the trainer's command line spells it (true/false, repr of floats); also names runs."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):

@@ -93,7 +93,7 @@ class TrainingArguments:
     adam_beta2: float = field(default=0.95, metadata=_help("AdamW beta2"))
     adam_epsilon: float = field(default=1e-8, metadata=_help("AdamW epsilon"))
     max_grad_norm: float = field(default=1.0, metadata=_help("clip the global grad norm to this (0: no clipping)"))
-    seed: int = field(default=0, metadata=_help("seed of init, data order and dropout"))
+    seed: int = field(default=0, metadata=_help("seed of the initialization and the data order"))
     logging_steps: int = field(default=10, metadata=_help("write a metrics row every N steps"))
     eval_steps: int = field(default=100, metadata=_help("evaluate every N steps (0: only at the end)"))
     max_eval_batches: int = field(default=20, metadata=_help("validation batches per evaluation"))
