@@ -8,7 +8,8 @@ copies their source next to the weights: a saved run directory then loads with
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .configuration_normgpt import NormGPTConfig
-from .modeling_normgpt import NORMS, LayerNorm, NormGPTForCausalLM, NormGPTModel, RMSNorm, build_norm
+from .modeling_normgpt import NormGPTForCausalLM, NormGPTModel
+from .norms import NORMS, LayerNorm, RMSNorm, build_norm, describe_norms
 from .rmsnorm_triton import fused_add_rms_norm, fused_rms_norm
 
 AutoConfig.register(NormGPTConfig.model_type, NormGPTConfig, exist_ok=True)
@@ -26,6 +27,7 @@ __all__ = [
     "NormGPTModel",
     "RMSNorm",
     "build_norm",
+    "describe_norms",
     "fused_add_rms_norm",
     "fused_rms_norm",
 ]

@@ -1,15 +1,16 @@
 """Configuration of a NormGPT model: a decoder-only pre-norm transformer with a pluggable norm layer.
 
 Field names follow Hugging Face conventions (`hidden_size`, `rms_norm_eps`, ...) so that tools which read Llama-style
-configs understand ours. This file is copied next to every saved checkpoint (remote code), so it imports nothing from
-the rest of the project.
+configs understand ours. This file is copied next to every saved checkpoint (remote code), so it imports only its
+same-directory siblings from this project.
 """
 
 from transformers import PreTrainedConfig
 
-# The registry of norms lives in modeling_normgpt.py; the names are repeated here only so that a bad config fails at
-# construction time, before any weights are allocated. tests/test_model.py checks the two lists agree.
-NORM_TYPES = ("rms", "layer", "layer_nobias", "layer_noaffine", "prms", "dyt", "none")
+from .norms import NORMS
+
+# From the one registry of norms, so that a bad config fails at construction time, before weights are allocated.
+NORM_TYPES = tuple(NORMS)
 NORM_PLACEMENTS = ("pre", "post", "peri")
 HIDDEN_ACTS = ("silu", "gelu")  # silu -> SwiGLU MLP, gelu -> plain GELU MLP
 RMS_IMPLS = ("auto", "triton", "torch")

@@ -1,10 +1,11 @@
 """NormGPT: a decoder-only pre-norm transformer whose normalization layer is a config string.
 
-Reads top to bottom: norms (and their registry) -> rotary embedding -> attention -> MLP -> block -> model.
+Reads top to bottom: rotary embedding -> attention -> MLP -> block -> model; the norms and their registry are in
+norms.py.
 The parameter names follow Llama's (`input_layernorm`, `post_attention_layernorm`, `q_proj`, ..., `down_proj`,
 `model.norm`), so a `norm_type="rms"`, `hidden_act="silu"` checkpoint maps one to one onto a Llama state dict.
 
-This file is copied next to every saved checkpoint (remote code): it imports only the library, torch and its two
+This file is copied next to every saved checkpoint (remote code): it imports only the library, torch and its
 same-directory siblings.
 """
 
@@ -19,182 +20,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_normgpt import NormGPTConfig
-from .rmsnorm_triton import HAS_TRITON, fused_add_rms_norm, fused_rms_norm, rms_norm_reference, triton_can_run
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Norms
-
-
-class Norm(nn.Module):
-    """A norm layer of the residual stream. `add_forward` is the residual add followed by the norm; subclasses that can
-    fuse the two (RMSNorm on the Triton path) override it, so the block never branches on the norm type.
-    `numerics` says in one sentence where the statistics are computed and in which dtype: reports quote it."""
-
-    numerics = ""
-
-    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (norm(x + residual), x + residual)."""
-        hidden = x + residual
-        return self(hidden), hidden
-
-
-class RMSNorm(Norm):
-    """Root-mean-square norm (Zhang & Sennrich 2019) with Llama numerics.
-
-    `y = weight * (x * rsqrt(mean(x^2, -1) + eps)).to(x.dtype)`:
-    - the mean of squares and the rsqrt are computed in float32 whatever the input dtype, because squaring bf16/fp16
-      activations loses most of their mantissa (and overflows fp16 near 256);
-    - eps sits inside the square root, so rows of zeros give zeros, not NaN;
-    - the normalized value is cast back to the input dtype *before* the weight multiply (as in Llama/HF), so a bf16
-      model multiplies in bf16; the result has the input's dtype.
-    There is no mean subtraction and no bias: that is the whole difference from LayerNorm.
-
-    `impl` picks the kernel, never the numerics: `auto` runs the fused Triton kernel for CUDA tensors when Triton is
-    installed and PyTorch otherwise, `triton` forces the kernel (an error where it cannot run), `torch` forces PyTorch.
-    """
-
-    numerics = (
-        "mean of squares and rsqrt in float32, normalized value cast back to the input dtype before the weight "
-        "multiply (Llama); eps inside the square root"
-    )
-
-    def __init__(self, hidden_size: int, eps: float = 1e-6, impl: str = "auto") -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.eps = eps
-        self.impl = impl
-
-    def _use_triton(self, x: torch.Tensor) -> bool:
-        if self.impl == "torch":
-            return False
-        if self.impl == "auto":
-            return HAS_TRITON and x.is_cuda
-        if not triton_can_run(x):
-            raise RuntimeError(
-                f"rms_impl='triton' cannot run on a {x.device.type} tensor here: it needs Triton and a CUDA device "
-                "(or TRITON_INTERPRET=1 on CPU); use rms_impl='auto' or 'torch'"
-            )
-        return True
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._use_triton(x):
-            return fused_rms_norm(x, self.weight, self.eps)
-        return rms_norm_reference(x, self.weight, self.eps)
-
-    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # One pass over memory instead of three (read x and residual, write the sum, read it again to normalize).
-        if self._use_triton(x):
-            return fused_add_rms_norm(x, residual, self.weight, self.eps)
-        return super().add_forward(x, residual)
-
-    def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}, impl={self.impl}"
-
-
-class LayerNorm(Norm):
-    """LayerNorm (Ba et al. 2016): `(x - mean) / sqrt(var + eps) * weight + bias`. The constructor follows
-    `nn.LayerNorm`: `elementwise_affine=False` drops both parameters (OLMo 1's non-parametric LayerNorm), `bias=False`
-    keeps only the gain."""
-
-    numerics = (
-        "F.layer_norm: mean and variance in float32 for half-precision inputs, result and affine in the input dtype; "
-        "eps inside the square root"
-    )
-
-    def __init__(self, hidden_size: int, eps: float = 1e-6, elementwise_affine: bool = True, bias: bool = True) -> None:
-        super().__init__()
-        self.normalized_shape = (hidden_size,)
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(hidden_size)) if elementwise_affine else None
-        self.bias = nn.Parameter(torch.zeros(hidden_size)) if elementwise_affine and bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-
-    def extra_repr(self) -> str:
-        affine = f"weight={self.weight is not None}, bias={self.bias is not None}"
-        return f"{self.normalized_shape[0]}, eps={self.eps}, {affine}"
-
-
-class PartialRMSNorm(Norm):
-    """pRMSNorm (Zhang & Sennrich 2019): the RMS is estimated from the first `ceil(fraction * d)` features only and
-    scales all of them; otherwise the numerics of RMSNorm above."""
-
-    numerics = (
-        "RMS of the first p*d features in float32, normalized value cast back to the input dtype before the weight "
-        "multiply; eps inside the square root"
-    )
-
-    def __init__(self, hidden_size: int, fraction: float = 0.0625, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.k = max(1, math.ceil(fraction * hidden_size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        rstd = torch.rsqrt(xf[..., : self.k].pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * (xf * rstd).to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, k={self.k}, eps={self.eps}"
-
-
-class DyT(Norm):
-    """Dynamic Tanh (Zhu et al. 2025): `weight * tanh(alpha * x) + bias` with a learnable scalar alpha. No statistics
-    at all, so no reduction over the features and no eps: it squashes outliers instead of rescaling rows."""
-
-    numerics = "no statistics and no eps: tanh(alpha * x) in the input dtype, then the affine"
-
-    def __init__(self, hidden_size: int, alpha_init: float = 0.5) -> None:
-        super().__init__()
-        self.alpha_init = alpha_init
-        self.alpha = nn.Parameter(torch.full((1,), alpha_init))
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.bias = nn.Parameter(torch.zeros(hidden_size))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.weight * torch.tanh(self.alpha * x) + self.bias
-
-    def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, alpha_init={self.alpha_init}"
-
-
-class Identity(Norm):
-    """No normalization: the negative control of an ablation."""
-
-    numerics = "no normalization"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
-NORMS = {
-    "rms": lambda config: RMSNorm(config.hidden_size, config.rms_norm_eps, config.rms_impl),
-    "layer": lambda config: LayerNorm(config.hidden_size, config.rms_norm_eps),
-    "layer_nobias": lambda config: LayerNorm(config.hidden_size, config.rms_norm_eps, bias=False),
-    "layer_noaffine": lambda config: LayerNorm(config.hidden_size, config.rms_norm_eps, elementwise_affine=False),
-    "prms": lambda config: PartialRMSNorm(config.hidden_size, config.prms_fraction, config.rms_norm_eps),
-    "dyt": lambda config: DyT(config.hidden_size, config.dyt_alpha_init),
-    "none": lambda config: Identity(),
-}
-
-
-def build_norm(config: NormGPTConfig) -> Norm:
-    """The one place a norm name becomes a module."""
-    if config.norm_type not in NORMS:
-        raise ValueError(f"unknown norm_type {config.norm_type!r}; valid: {', '.join(NORMS)}")
-    return NORMS[config.norm_type](config)
-
-
-def describe_norms(config: NormGPTConfig) -> str:
-    """Everything a report must say about normalization, in one line: which norm, where, eps, and the numerics."""
-    numerics = type(build_norm(config)).numerics
-    eps = "no eps" if config.norm_type in ("dyt", "none") else f"eps={config.rms_norm_eps:g}"
-    qk = f"; qk_norm: RMSNorm per head, eps={config.rms_norm_eps:g}" if config.qk_norm else ""
-    z = f"; z_loss={config.z_loss:g}" if config.z_loss else ""
-    return f"{config.norm_type} norm, {config.norm_placement} placement, {eps} ({numerics}){qk}{z}"
-
+from .norms import Identity, Norm, RMSNorm, build_norm
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Rotary position embedding
@@ -236,6 +62,15 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 # Attention
 
 
+class QueryKeyProbe(nn.Module):
+    """A hook point, not a computation: attention calls it with the rotated queries [B, H, T, D], the keys it attends
+    to [B, Hkv, S, D] and its mask, by keyword, so a stability probe hooked here (`register_forward_hook(...,
+    with_kwargs=True)`) reads exactly what the attention scores are made of. With no hook it does nothing."""
+
+    def forward(self, *, query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor | None) -> None:
+        return None
+
+
 class Attention(nn.Module):
     """Causal self-attention through `F.scaled_dot_product_attention`, with grouped-query attention (fewer key/value
     heads than query heads) and a key/value cache through the transformers Cache API."""
@@ -254,11 +89,12 @@ class Attention(nn.Module):
         # QK-norm bounds the attention logits, whose growth is a known instability (Dehghani et al. 2023)
         qk_norm = (lambda: RMSNorm(self.head_dim, config.rms_norm_eps, config.rms_impl)) if config.qk_norm else Identity
         self.q_norm, self.k_norm = qk_norm(), qk_norm()
+        self.logits_probe = QueryKeyProbe()
 
     def queries_and_keys(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotated queries [B, H, T, D] and keys [B, Hkv, T, D]; also what stability probes read the logits from."""
+        """Rotated queries [B, H, T, D] and keys [B, Hkv, T, D]."""
         B, T, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(B, T, self.num_heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)).transpose(1, 2)
@@ -277,6 +113,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # [B, Hkv, S, D], S = past + T
+        self.logits_probe(query=q, key=k, attn_mask=attn_mask)
         # With no explicit mask the queries and keys are the same positions, and SDPA's own causal mask is right.
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None, enable_gqa=self.num_kv_heads != self.num_heads
@@ -413,12 +250,7 @@ class NormGPTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, Norm):
-            if getattr(module, "weight", None) is not None:
-                init.ones_(module.weight)
-            if getattr(module, "bias", None) is not None:
-                init.zeros_(module.bias)
-            if isinstance(module, DyT):
-                init.constant_(module.alpha, module.alpha_init)
+            module.reset_parameters()
         elif isinstance(module, RotaryEmbedding):
             init.copy_(module.inv_freq, module.compute_inv_freq(module.config))
 
@@ -573,16 +405,8 @@ class NormGPTForCausalLM(NormGPTPreTrainedModel, GenerationMixin):
 
 __all__ = [
     "BLOCKS",
-    "NORMS",
-    "DyT",
-    "Identity",
-    "PartialRMSNorm",
-    "describe_norms",
-    "LayerNorm",
-    "Norm",
     "NormGPTForCausalLM",
     "NormGPTModel",
     "NormGPTPreTrainedModel",
-    "RMSNorm",
-    "build_norm",
+    "QueryKeyProbe",
 ]

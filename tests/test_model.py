@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from model import NORMS, LayerNorm, NormGPTConfig, NormGPTForCausalLM, RMSNorm, build_norm
 from model.configuration_normgpt import NORM_TYPES
-from model.modeling_normgpt import DyT, Identity, PartialRMSNorm, describe_norms
+from model.norms import DyT, Identity, PartialRMSNorm, describe_norms
 
 
 def tiny_config(**overrides) -> NormGPTConfig:

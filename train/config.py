@@ -21,7 +21,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from model.configuration_normgpt import HIDDEN_ACTS, NORM_PLACEMENTS, RMS_IMPLS, NormGPTConfig
-from model.modeling_normgpt import NORMS
+from model.norms import NORMS
 from train.data import DataArguments
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -33,7 +33,7 @@ from torch.optim.lr_scheduler import LambdaLR  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from model import NormGPTForCausalLM  # noqa: E402
-from model.modeling_normgpt import Norm, describe_norms  # noqa: E402
+from model.norms import Norm, describe_norms  # noqa: E402
 from train import checkpoints as ckpt  # noqa: E402
 from train.config import ConfigError, RunConfig, parse_args, save_run_config  # noqa: E402
 from train.data import DataError, PreparedData, TokenBatches, eval_batches, prepare_data  # noqa: E402

@@ -1,0 +1,227 @@
+"""The normalization layers, their registry, and the sentence each one gives a report about its numerics.
+
+A norm is a config string (`norm_type`) resolved once, by `build_norm`, through the `NORMS` registry. Each class
+declares what reports must say about it (`numerics`, `has_eps`) and initialises its own parameters
+(`reset_parameters`), so the model code never asks which norm it holds. Adding a norm is one class, one registry line
+and one test.
+
+This file is copied next to every saved checkpoint (remote code): it imports only the library, torch and its
+same-directory sibling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+
+from .rmsnorm_triton import HAS_TRITON, fused_add_rms_norm, fused_rms_norm, rms_norm_reference, triton_can_run
+
+
+class Norm(nn.Module):
+    """A norm layer of the residual stream.
+
+    `add_forward` is the residual add followed by the norm; a subclass that can fuse the two (RMSNorm on the Triton
+    path) overrides it, so the block never branches on the norm type. `numerics` says in one sentence where the
+    statistics are computed and in which dtype; `has_eps` whether an epsilon takes part at all. Reports quote both.
+    """
+
+    numerics = ""
+    has_eps = True
+
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (norm(x + residual), x + residual)."""
+        hidden = x + residual
+        return self(hidden), hidden
+
+    def reset_parameters(self) -> None:
+        """Unit gain and zero bias: the norm starts as a pure normalization. `transformers.initialization` skips
+        tensors that `from_pretrained` already loaded."""
+        if getattr(self, "weight", None) is not None:
+            init.ones_(self.weight)
+        if getattr(self, "bias", None) is not None:
+            init.zeros_(self.bias)
+
+
+class RMSNorm(Norm):
+    """Root-mean-square norm (Zhang & Sennrich 2019) with Llama numerics.
+
+    `y = weight * (x * rsqrt(mean(x^2, -1) + eps)).to(x.dtype)`:
+    - the mean of squares and the rsqrt are computed in float32 whatever the input dtype, because squaring bf16/fp16
+      activations loses most of their mantissa (and overflows fp16 near 256);
+    - eps sits inside the square root, so rows of zeros give zeros, not NaN;
+    - the normalized value is cast back to the input dtype *before* the weight multiply (as in Llama/HF), so a bf16
+      model multiplies in bf16; the result has the input's dtype.
+    There is no mean subtraction and no bias: that is the whole difference from LayerNorm.
+
+    `impl` picks the kernel, never the numerics: `auto` runs the fused Triton kernel for CUDA tensors when Triton is
+    installed and PyTorch otherwise, `triton` forces the kernel (an error where it cannot run), `torch` forces PyTorch.
+    """
+
+    numerics = (
+        "mean of squares and rsqrt in float32, normalized value cast back to the input dtype before the weight "
+        "multiply (Llama); eps inside the square root"
+    )
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, impl: str = "auto") -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+        self.impl = impl
+
+    def _use_triton(self, x: torch.Tensor) -> bool:
+        if self.impl == "torch":
+            return False
+        if self.impl == "auto":
+            return HAS_TRITON and x.is_cuda
+        if not triton_can_run(x):
+            raise RuntimeError(
+                f"rms_impl='triton' cannot run on a {x.device.type} tensor here: it needs Triton and a CUDA device "
+                "(or TRITON_INTERPRET=1 on CPU); use rms_impl='auto' or 'torch'"
+            )
+        return True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._use_triton(x):
+            return fused_rms_norm(x, self.weight, self.eps)
+        return rms_norm_reference(x, self.weight, self.eps)
+
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # One pass over memory instead of three (read x and residual, write the sum, read it again to normalize).
+        if self._use_triton(x):
+            return fused_add_rms_norm(x, residual, self.weight, self.eps)
+        return super().add_forward(x, residual)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}, impl={self.impl}"
+
+
+class LayerNorm(Norm):
+    """LayerNorm (Ba et al. 2016): `(x - mean) / sqrt(var + eps) * weight + bias`. The constructor follows
+    `nn.LayerNorm`: `elementwise_affine=False` drops both parameters (OLMo 1's non-parametric LayerNorm), `bias=False`
+    keeps only the gain."""
+
+    numerics = (
+        "F.layer_norm: mean and variance in float32 for half-precision inputs, result and affine in the input dtype; "
+        "eps inside the square root"
+    )
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, elementwise_affine: bool = True, bias: bool = True) -> None:
+        super().__init__()
+        self.normalized_shape = (hidden_size,)
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size)) if elementwise_affine else None
+        self.bias = nn.Parameter(torch.zeros(hidden_size)) if elementwise_affine and bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        affine = f"weight={self.weight is not None}, bias={self.bias is not None}"
+        return f"{self.normalized_shape[0]}, eps={self.eps}, {affine}"
+
+
+class PartialRMSNorm(Norm):
+    """pRMSNorm (Zhang & Sennrich 2019): the RMS is estimated from the first `ceil(fraction * d)` features only and
+    scales all of them; otherwise the numerics of RMSNorm above."""
+
+    numerics = (
+        "RMS of the first p*d features in float32, normalized value cast back to the input dtype before the weight "
+        "multiply; eps inside the square root"
+    )
+
+    def __init__(self, hidden_size: int, fraction: float = 0.0625, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.k = max(1, math.ceil(fraction * hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        rstd = torch.rsqrt(xf[..., : self.k].pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * (xf * rstd).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, k={self.k}, eps={self.eps}"
+
+
+class DyT(Norm):
+    """Dynamic Tanh (Zhu et al. 2025): `weight * tanh(alpha * x) + bias` with a learnable scalar alpha. No statistics
+    at all, so no reduction over the features and no eps: it squashes outliers instead of rescaling rows."""
+
+    numerics = "no statistics and no eps: tanh(alpha * x) in the input dtype, then the affine"
+    has_eps = False
+
+    def __init__(self, hidden_size: int, alpha_init: float = 0.5) -> None:
+        super().__init__()
+        self.alpha_init = alpha_init
+        self.alpha = nn.Parameter(torch.full((1,), alpha_init))
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.bias = nn.Parameter(torch.zeros(hidden_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * torch.tanh(self.alpha * x) + self.bias
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        init.constant_(self.alpha, self.alpha_init)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, alpha_init={self.alpha_init}"
+
+
+class Identity(Norm):
+    """No normalization: the negative control of an ablation, and the slot of a norm a placement does not have."""
+
+    numerics = "no normalization"
+    has_eps = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+# name -> builder(config). The config is a NormGPTConfig; it is typed loosely because configuration_normgpt.py
+# imports this file for the list of names.
+NORMS: dict[str, Callable[[Any], Norm]] = {
+    "rms": lambda config: RMSNorm(config.hidden_size, config.rms_norm_eps, config.rms_impl),
+    "layer": lambda config: LayerNorm(config.hidden_size, config.rms_norm_eps),
+    "layer_nobias": lambda config: LayerNorm(config.hidden_size, config.rms_norm_eps, bias=False),
+    "layer_noaffine": lambda config: LayerNorm(config.hidden_size, config.rms_norm_eps, elementwise_affine=False),
+    "prms": lambda config: PartialRMSNorm(config.hidden_size, config.prms_fraction, config.rms_norm_eps),
+    "dyt": lambda config: DyT(config.hidden_size, config.dyt_alpha_init),
+    "none": lambda config: Identity(),
+}
+
+
+def build_norm(config: Any) -> Norm:
+    """The one place a norm name becomes a module."""
+    if config.norm_type not in NORMS:
+        raise ValueError(f"unknown norm_type {config.norm_type!r}; valid: {', '.join(NORMS)}")
+    return NORMS[config.norm_type](config)
+
+
+def describe_norms(config: Any) -> str:
+    """Everything a report must say about normalization, in one line: which norm, where, eps, and the numerics."""
+    norm = build_norm(config)
+    eps = f"eps={config.rms_norm_eps:g}" if norm.has_eps else "no eps"
+    qk = f"; qk_norm: RMSNorm per head, eps={config.rms_norm_eps:g}" if config.qk_norm else ""
+    z = f"; z_loss={config.z_loss:g}" if config.z_loss else ""
+    return f"{config.norm_type} norm, {config.norm_placement} placement, {eps} ({norm.numerics}){qk}{z}"
+
+
+__all__ = [
+    "NORMS",
+    "DyT",
+    "Identity",
+    "LayerNorm",
+    "Norm",
+    "PartialRMSNorm",
+    "RMSNorm",
+    "build_norm",
+    "describe_norms",
+]
