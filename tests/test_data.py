@@ -1,12 +1,15 @@
-"""Tests of train/data.py. No network: every corpus is the local stdlib or files written into tmp_path."""
+"""Tests of the data layer (train/data/). No network: every corpus is the local stdlib or files in tmp_path."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import pickle
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -17,19 +20,30 @@ import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
+import xxhash
 from transformers import AutoTokenizer, HfArgumentParser
 
-from train import data as D
-from train.data import DataArguments, DataError, TokenBatches, eval_batches, is_validation, prepare_data
+from train.data import (
+    DataArguments,
+    DataError,
+    TokenBatches,
+    eval_batches,
+    is_validation,
+    prepare_data,
+    sources,
+    token_cache,
+)
+from train.data.token_cache import PreparedData
+from train.data.tokenizer import EOS_TOKEN
 
 EXCLUDED = {"test", "tests", "idle_test", "site-packages"}
 
 
-def prepare(cache: Path, vocab_size: int = 300, **kwargs) -> D.PreparedData:
+def prepare(cache: Path, vocab_size: int = 300, **kwargs) -> PreparedData:
     return prepare_data(DataArguments(cache_dir=str(cache), **kwargs), vocab_size, contextlib.nullcontext)
 
 
-def documents(prepared: D.PreparedData, split: str) -> list[str]:
+def documents(prepared: PreparedData, split: str) -> list[str]:
     """The documents of a split, recovered by decoding the token stream between eos tokens."""
     ids = np.asarray(getattr(prepared, split)).tolist()
     eos = prepared.tokenizer.eos_token_id
@@ -48,8 +62,8 @@ def forbid_building(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(D, "train_bpe_tokenizer", fail)
-    monkeypatch.setattr(D, "_tokenize_to_file", fail)
+    monkeypatch.setattr(token_cache, "train_bpe_tokenizer", fail)
+    monkeypatch.setattr(token_cache, "tokenize_to_file", fail)
 
 
 def write_docs(folder: Path, n: int, start: int = 0) -> dict[str, str]:
@@ -67,7 +81,7 @@ def write_docs(folder: Path, n: int, start: int = 0) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def stdlib_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, D.PreparedData, float]:
+def stdlib_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PreparedData, float]:
     cache = tmp_path_factory.mktemp("cache")
     start = time.perf_counter()
     prepared = prepare(cache, vocab_size=512)
@@ -75,7 +89,7 @@ def stdlib_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, D.Prep
 
 
 def test_stdlib_files_exclude_tests_and_third_party() -> None:
-    files = D.stdlib_files()
+    files = sources.stdlib_files()
     assert files == sorted(files)
     assert {"os.py", "json/__init__.py", "asyncio/tasks.py"} <= set(files)
     for rel in files:
@@ -83,15 +97,15 @@ def test_stdlib_files_exclude_tests_and_third_party() -> None:
         assert not EXCLUDED & set(parts[:-1]), rel
         assert rel.endswith(".py") and not parts[-1].startswith("test_"), rel
     # Checked against the file system, so the exclusion is tested wherever this Python ships its tests.
-    root = D.stdlib_root()
+    root = sources.stdlib_root()
     on_disk_tests = [p for p in root.glob("*/test*/*.py") if p.parent.name in {"test", "tests"}]
     assert not {p.relative_to(root).as_posix() for p in on_disk_tests} & set(files)
 
 
-def test_stdlib_is_split_by_file(stdlib_cache: tuple[Path, D.PreparedData, float]) -> None:
+def test_stdlib_is_split_by_file(stdlib_cache: tuple[Path, PreparedData, float]) -> None:
     _, prepared, _ = stdlib_cache
-    root = D.stdlib_root()
-    texts = {rel: (root / rel).read_bytes().decode("utf-8") for rel in D.stdlib_files()}
+    root = sources.stdlib_root()
+    texts = {rel: (root / rel).read_bytes().decode("utf-8") for rel in sources.stdlib_files()}
     # Lists, not sets: some stdlib files are identical (or empty, and empty files are not documents).
     expected_val = [text for rel, text in texts.items() if text and is_validation(rel, 5.0)]
     expected_train = [text for rel, text in texts.items() if text and not is_validation(rel, 5.0)]
@@ -101,16 +115,16 @@ def test_stdlib_is_split_by_file(stdlib_cache: tuple[Path, D.PreparedData, float
     assert 0.02 < len(expected_val) / len(texts) < 0.09  # about validation_split_percentage
 
 
-def test_stdlib_fingerprint_is_stable(stdlib_cache: tuple[Path, D.PreparedData, float]) -> None:
+def test_stdlib_fingerprint_is_stable(stdlib_cache: tuple[Path, PreparedData, float]) -> None:
     _, prepared, _ = stdlib_cache
     args = DataArguments()
-    first = D._StdlibSource(args).fingerprint()
-    assert first == D._StdlibSource(args).fingerprint() == prepared.info["fingerprint"]
+    first = sources._StdlibSource(args).fingerprint()
+    assert first == sources._StdlibSource(args).fingerprint() == prepared.info["fingerprint"]
     assert len(first) == 64
 
 
 def test_stdlib_second_run_uses_the_cache(
-    stdlib_cache: tuple[Path, D.PreparedData, float], monkeypatch: pytest.MonkeyPatch
+    stdlib_cache: tuple[Path, PreparedData, float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache, first, first_seconds = stdlib_cache
     assert first.info["cache_hit"] is False
@@ -128,7 +142,7 @@ def test_stdlib_second_run_uses_the_cache(
 
 
 def test_stdlib_vocab_size_is_part_of_the_cache_key(
-    stdlib_cache: tuple[Path, D.PreparedData, float], monkeypatch: pytest.MonkeyPatch
+    stdlib_cache: tuple[Path, PreparedData, float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache, first, _ = stdlib_cache
     forbid_building(monkeypatch)
@@ -136,11 +150,11 @@ def test_stdlib_vocab_size_is_part_of_the_cache_key(
         prepare(cache, vocab_size=600)
 
 
-def test_trained_tokenizer_round_trips_and_saves(stdlib_cache: tuple[Path, D.PreparedData, float], tmp_path) -> None:
+def test_trained_tokenizer_round_trips_and_saves(stdlib_cache: tuple[Path, PreparedData, float], tmp_path) -> None:
     _, prepared, _ = stdlib_cache
     tok = prepared.tokenizer
     assert tok.is_fast and len(tok) == 512
-    assert tok.eos_token == tok.bos_token == tok.pad_token == tok.unk_token == D.EOS_TOKEN
+    assert tok.eos_token == tok.bos_token == tok.pad_token == tok.unk_token == EOS_TOKEN
     text = "def naïve(x):\n\treturn 'π ≈ 3.14 🐍'  \r\n\n  # ünïcödé\x00 <|endoftext|>"
     assert tok.decode(tok(text)["input_ids"]) == text
     tok.save_pretrained(tmp_path / "tok")
@@ -149,11 +163,11 @@ def test_trained_tokenizer_round_trips_and_saves(stdlib_cache: tuple[Path, D.Pre
     assert loaded.eos_token_id == tok.eos_token_id
 
 
-def test_stdlib_tokens_decode_to_the_training_files(stdlib_cache: tuple[Path, D.PreparedData, float]) -> None:
+def test_stdlib_tokens_decode_to_the_training_files(stdlib_cache: tuple[Path, PreparedData, float]) -> None:
     _, prepared, _ = stdlib_cache
     train_docs = documents(prepared, "train")
     assert len(train_docs) == prepared.info["train_documents"]
-    assert (D.stdlib_root() / "os.py").read_text(encoding="utf-8") in train_docs + documents(prepared, "val")
+    assert (sources.stdlib_root() / "os.py").read_text(encoding="utf-8") in train_docs + documents(prepared, "val")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -241,7 +255,7 @@ def test_max_train_bytes_caps_training_text(tmp_path: Path) -> None:
     assert sum(len(d.encode()) for d in documents(prepared, "train")) == 500
 
 
-def test_loaded_tokenizer_is_used_and_keyed(tmp_path: Path, stdlib_cache: tuple[Path, D.PreparedData, float]) -> None:
+def test_loaded_tokenizer_is_used_and_keyed(tmp_path: Path, stdlib_cache: tuple[Path, PreparedData, float]) -> None:
     _, stdlib, _ = stdlib_cache
     stdlib.tokenizer.save_pretrained(tmp_path / "tok")
     write_docs(tmp_path / "corpus", 20)
@@ -262,7 +276,7 @@ def test_interrupted_or_corrupt_cache_is_rebuilt(tmp_path: Path) -> None:
     del first
     # A build killed with SIGKILL leaves its staging directory behind, named after a now dead process.
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    staging = entry.parent / f"{D._staging_prefix(entry)}{D.socket.gethostname()}-{dead.stdout.strip()}-x1"
+    staging = entry.parent / f"{token_cache.staging_prefix(entry)}{socket.gethostname()}-{dead.stdout.strip()}-x1"
     staging.mkdir()
     (staging / "train.bin").write_bytes(b"half")
     with open(entry / "train.bin", "r+b") as f:
@@ -290,6 +304,213 @@ def test_entry_published_first_by_a_concurrent_build_is_used(tmp_path: Path, mon
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Token-cache integrity: every load checks the entry; one that fails is rebuilt with one warning line, or refused.
+
+
+def corpus_entry(tmp_path: Path) -> tuple[Path, np.ndarray, int]:
+    """A freshly built entry of a small corpus: (its directory, its train tokens, its vocabulary size)."""
+    write_docs(tmp_path / "corpus", 20)
+    first = reload(tmp_path)
+    return Path(first.info["cache_path"]), np.asarray(first.train).copy(), first.info["vocab_size"]
+
+
+def reload(tmp_path: Path) -> PreparedData:
+    return prepare(tmp_path / "cache", dataset=str(tmp_path / "corpus"))
+
+
+def overwrite(path: Path, data: bytes) -> None:
+    """Replace a file's bytes in place, keeping its size: what a bad disk, a stray dd or a bug in another tool does."""
+    assert len(data) == path.stat().st_size
+    with open(path, "r+b") as f:
+        f.write(data)
+
+
+def random_bytes(n: int) -> bytes:
+    return np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def strip_checksums(entry: Path) -> None:
+    """Make `entry` what the code before checksums wrote: the same meta.json without the "checksums" key."""
+    meta = json.loads((entry / "meta.json").read_text())
+    del meta["checksums"]
+    (entry / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def test_each_token_file_records_its_checksum(tmp_path: Path) -> None:
+    entry, _, _ = corpus_entry(tmp_path)
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["checksums"] == {
+        "algorithm": "xxh3_128",
+        "train.bin": xxhash.xxh3_128((entry / "train.bin").read_bytes()).hexdigest(),
+        "val.bin": xxhash.xxh3_128((entry / "val.bin").read_bytes()).hexdigest(),
+    }
+
+
+def test_a_zeroed_train_bin_is_noticed_and_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    entry, train, _ = corpus_entry(tmp_path)
+    overwrite(entry / "train.bin", bytes((entry / "train.bin").stat().st_size))
+    again = reload(tmp_path)
+    assert again.info["cache_hit"] is False
+    np.testing.assert_array_equal(again.train, train)
+    assert warnings_of(caplog) == [
+        f"token cache entry {entry}: train.bin does not match the checksum recorded when it was built; rebuilding it"
+    ]
+
+
+def test_random_bytes_in_train_bin_are_rebuilt_not_fed_to_the_model(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    entry, train, vocab_size = corpus_entry(tmp_path)
+    overwrite(entry / "train.bin", random_bytes((entry / "train.bin").stat().st_size))
+    again = reload(tmp_path)
+    np.testing.assert_array_equal(again.train, train)
+    assert int(np.asarray(again.train).max()) < len(again.tokenizer)
+    (warning,) = warnings_of(caplog)
+    assert re.fullmatch(
+        f"token cache entry {re.escape(str(entry))}: train.bin does not match the checksum recorded when it was built "
+        rf"and train.bin holds token id \d+ \(the first out-of-range one at position \d+\) but the vocabulary has "
+        f"{vocab_size} tokens; rebuilding it",
+        warning,
+    )
+
+
+def test_an_entry_without_checksums_is_checked_once_and_upgraded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry, train, _ = corpus_entry(tmp_path)
+    recorded = json.loads((entry / "meta.json").read_text())["checksums"]
+    strip_checksums(entry)
+    forbid_building(monkeypatch)
+    again = reload(tmp_path)
+    assert again.info["cache_hit"] is True and again.info["checksums"] == recorded
+    np.testing.assert_array_equal(again.train, train)
+    assert json.loads((entry / "meta.json").read_text())["checksums"] == recorded
+    assert warnings_of(caplog) == [
+        f"token cache entry {entry} was written without checksums; its token ids and document ends check out, so "
+        "their checksums are now recorded in its meta.json"
+    ]
+    caplog.clear()
+    reload(tmp_path)  # from now on it is checked like any other entry, silently
+    assert warnings_of(caplog) == []
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("zeros", r"train.bin holds \d+ end-of-document tokens but meta.json records \d+ documents"),
+        ("random", r"train.bin holds token id \d+ \(the first out-of-range one at position \d+\) but the vocabulary"),
+    ],
+    ids=["zeros", "random"],
+)
+def test_a_damaged_entry_without_checksums_is_rebuilt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str, reason: str
+) -> None:
+    entry, train, _ = corpus_entry(tmp_path)
+    strip_checksums(entry)
+    size = (entry / "train.bin").stat().st_size
+    overwrite(entry / "train.bin", bytes(size) if damage == "zeros" else random_bytes(size))
+    again = reload(tmp_path)
+    assert again.info["cache_hit"] is False and "checksums" in again.info
+    np.testing.assert_array_equal(again.train, train)
+    (warning,) = warnings_of(caplog)
+    assert re.fullmatch(f"token cache entry {re.escape(str(entry))}: {reason}.*; rebuilding it", warning)
+
+
+def test_a_damaged_tokenizer_in_the_entry_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    entry, train, _ = corpus_entry(tmp_path)
+    (entry / "tokenizer" / "tokenizer.json").write_text('{"not": "a tokenizer"')
+    again = reload(tmp_path)
+    np.testing.assert_array_equal(again.train, train)
+    (warning,) = warnings_of(caplog)
+    assert warning.startswith(f"token cache entry {entry}: its tokenizer cannot be loaded (")
+    assert warning.endswith("); rebuilding it")
+
+
+@pytest.mark.parametrize(
+    ("meta", "reason"),
+    [
+        ("[1, 2]", "it is incomplete (an interrupted build?) or its files do not match meta.json"),
+        ("no vocab_size", "it is incomplete (an interrupted build?) or its files do not match meta.json"),
+        ("vocab_size 7", "its tokenizer has "),
+    ],
+    ids=["not an object", "a key missing", "a wrong vocab_size"],
+)
+def test_a_damaged_meta_json_is_rebuilt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, meta: str, reason: str
+) -> None:
+    entry, train, _ = corpus_entry(tmp_path)
+    recorded = json.loads((entry / "meta.json").read_text())
+    if meta == "no vocab_size":
+        del recorded["vocab_size"]
+    elif meta == "vocab_size 7":
+        recorded["vocab_size"] = 7
+    (entry / "meta.json").write_text(meta if meta.startswith("[") else json.dumps(recorded))
+    again = reload(tmp_path)
+    np.testing.assert_array_equal(again.train, train)
+    (warning,) = warnings_of(caplog)
+    assert warning.startswith(f"token cache entry {entry}: {reason}") and warning.endswith("; rebuilding it")
+
+
+def test_other_ranks_refuse_a_corrupt_entry_instead_of_removing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry, _, _ = corpus_entry(tmp_path)
+    overwrite(entry / "train.bin", bytes((entry / "train.bin").stat().st_size))
+    monkeypatch.setenv("RANK", "1")  # what torchrun/accelerate launch set; no process group in this test
+    with pytest.raises(DataError) as err:
+        reload(tmp_path)
+    assert str(err.value) == (
+        f"token cache entry {entry}: train.bin does not match the checksum recorded when it was built, although the "
+        "main process checked it moments ago; something is changing it, or this node has its own copy: delete the "
+        "entry and rerun"
+    )
+    assert (entry / "train.bin").exists()  # other ranks may have it memory-mapped
+
+
+def test_a_corrupt_entry_that_cannot_be_removed_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry, _, _ = corpus_entry(tmp_path)
+    overwrite(entry / "train.bin", bytes((entry / "train.bin").stat().st_size))
+    real_rmtree = shutil.rmtree
+
+    def read_only_rmtree(path: str | Path, *args, **kwargs) -> None:
+        if Path(path) == entry:
+            raise PermissionError(13, "Permission denied", str(entry / "train.bin"))
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", read_only_rmtree)
+    with pytest.raises(DataError) as err:
+        reload(tmp_path)
+    assert str(err.value).startswith(f"token cache entry {entry}: train.bin does not match the checksum")
+    assert str(err.value).endswith(
+        "and it cannot be removed to rebuild it (PermissionError: [Errno 13] Permission denied: "
+        f"'{entry / 'train.bin'}'); delete it by hand or pass another --cache_dir"
+    )
+
+
+def test_scan_tokens_reads_in_chunks_and_finds_the_first_bad_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(token_cache, "SCAN_TOKENS", 7)  # many chunks, the last one short
+    tokens = np.array([5, 0, 3, 0, 9, 1, 0, 2, 400, 7, 0, 500, 0, 4, 0, 0, 1, 0], dtype=np.uint16)
+    path = tmp_path / "t.bin"
+    tokens.tofile(path)
+    scan = token_cache.scan_tokens(path, np.dtype(np.uint16), vocab_size=300, eos_id=0)
+    assert scan == token_cache.TokenScan(
+        checksum=xxhash.xxh3_128(tokens.tobytes()).hexdigest(), max_id=500, first_invalid=8, eos_count=8, last=0
+    )
+    (tmp_path / "empty.bin").write_bytes(b"")
+    empty = token_cache.scan_tokens(tmp_path / "empty.bin", np.dtype(np.uint16), vocab_size=300)
+    assert (empty.max_id, empty.first_invalid, empty.last) == (-1, None, None)
+    assert empty.checksum == xxhash.xxh3_128(b"").hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Hub datasets, with datasets' hub functions replaced by local in-memory splits (no network here)
 
 
@@ -309,7 +530,7 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch, splits: dict[str, list[str]]) -> l
 
     monkeypatch.setattr(datasets, "get_dataset_split_names", split_names)
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
-    monkeypatch.setattr(D._HubSource, "_revision", lambda self: "rev1")
+    monkeypatch.setattr(sources._HubSource, "_revision", lambda self: "rev1")
     return calls
 
 
@@ -347,7 +568,8 @@ def test_hub_streaming_takes_max_train_bytes_and_caches(tmp_path: Path, monkeypa
     forbid_building(monkeypatch)
     again = prepare(tmp_path / "cache", dataset="corpus", streaming=True, max_train_bytes=700)
     assert again.info["cache_hit"] is True
-    monkeypatch.setattr(D._HubSource, "_revision", lambda self: "rev2")  # upstream changed: the cache must not match
+    # upstream changed: the cache must not match
+    monkeypatch.setattr(sources._HubSource, "_revision", lambda self: "rev2")
     with pytest.raises(AssertionError, match="cache should have been used"):
         prepare(tmp_path / "cache", dataset="corpus", streaming=True, max_train_bytes=700)
 
@@ -381,7 +603,7 @@ def test_hub_errors_are_data_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("empty_dir", {}, "holds no .txt/.jsonl/.json/.parquet files"),
         ("data.jsonl", {"streaming": True}, "--streaming applies only to hub datasets"),
         (None, {"validation_split_percentage": 100}, "validation_split_percentage must be in [0, 100)"),
-        (None, {"tokenizer": "/nonexistent/tokenizer/dir"}, "could not load tokenizer '/nonexistent/tokenizer/dir'"),
+        (None, {"tokenizer": "/nonexistent/tok"}, "tokenizer path '/nonexistent/tok' does not exist"),
     ],
 )
 def test_bad_inputs_raise_one_line_data_errors(tmp_path: Path, make: str | None, kwargs: dict, message: str) -> None:
@@ -408,6 +630,117 @@ def test_unknown_hub_dataset_fails_fast_offline(tmp_path: Path, monkeypatch: pyt
     assert "\n" not in str(err.value)
     with pytest.raises(DataError, match="needs --max_train_bytes"):
         prepare(tmp_path / "cache", dataset="normgpt-no-such-owner/no-such-dataset", streaming=True)
+
+
+# Files that cannot be read: one line naming the file and what is wrong with it, where datasets says only
+# "DatasetGenerationError: An error occurred while generating the dataset".
+
+RANDOM_BYTES = np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.txt", b"", "dataset file '{path}' is empty; add text to it or remove it"),
+        (
+            "random.txt",
+            RANDOM_BYTES,
+            f"dataset file '{{path}}' is binary, not text (a NUL byte at offset {RANDOM_BYTES.index(0)})",
+        ),
+        (
+            "notes.txt",
+            "first line\nsecond line\nthird café\n".encode("latin-1"),
+            "dataset file '{path}' is not UTF-8 text: byte 0xe9 at offset 32 (line 3) cannot be decoded; convert it "
+            "to UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+        ),
+        (
+            "windows.txt",
+            "hello\r\n".encode("utf-16"),
+            "dataset file '{path}' is UTF-16 text; convert it to UTF-8 (e.g. iconv -f utf-16 -t utf-8)",
+        ),
+        (
+            "rows.jsonl",
+            b'{"text": "a"}\n{"text": "b"}\n{"text": oops}\n{"text": "d"}\n',
+            "dataset file '{path}' line 3 is not valid JSON: Expecting value (column 10)",
+        ),
+        ("empty.jsonl", b"", "dataset file '{path}' is empty; add text to it or remove it"),
+        (
+            "rows.json",
+            b'[{"text": "a"},\n {"text": }]',
+            "dataset file '{path}' is not valid JSON: Expecting value at line 2 column 11",
+        ),
+    ],
+    ids=["empty", "binary", "latin-1", "utf-16", "bad jsonl line", "empty jsonl", "bad json"],
+)
+def test_unreadable_files_are_named_with_what_is_wrong(tmp_path: Path, name: str, content: bytes, message: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        prepare(tmp_path / "cache", dataset=str(path))
+    assert str(err.value) == message.format(path=path)
+
+
+def test_an_unreadable_file_in_a_folder_is_named(tmp_path: Path) -> None:
+    write_docs(tmp_path / "corpus", 5)
+    (tmp_path / "corpus" / "old.txt").write_bytes("naïve\n".encode("latin-1"))
+    with pytest.raises(DataError, match=f"^dataset file '{re.escape(str(tmp_path / 'corpus' / 'old.txt'))}' is not"):
+        prepare(tmp_path / "cache", dataset=str(tmp_path / "corpus"))
+
+
+def test_encoding_problems_are_located_across_read_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "big.txt"
+    # "é" straddles the first 1 MiB read; the bad byte 0xff comes after it, on line 2.
+    path.write_bytes(b"a" * (2**20 - 1) + "é".encode() + b"\nx\xff")
+    assert sources._encoding_problem(path) == (
+        f"dataset file '{path}' is not UTF-8 text: byte 0xff at offset {2**20 + 3} (line 2) cannot be decoded; "
+        "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+    )
+    path.write_bytes(b"abc" + "é".encode()[:1])
+    assert sources._encoding_problem(path) == (
+        f"dataset file '{path}' is not UTF-8 text: it ends inside a multi-byte character"
+    )
+    path.write_bytes("fine ünïcödé\n".encode())
+    assert sources._encoding_problem(path) is None
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        ("missing", "tokenizer path '{path}' does not exist; pass a folder saved with save_pretrained or a hub name"),
+        ("file", "tokenizer path '{path}' is a file; pass the folder that holds it (saved with save_pretrained)"),
+        (
+            "empty folder",
+            "tokenizer folder '{path}' holds no tokenizer.json or tokenizer_config.json; pass a folder saved with "
+            "save_pretrained or a hub name",
+        ),
+        ("corrupt", "could not load the tokenizer in folder '{path}': "),
+    ],
+    ids=["missing", "file", "empty folder", "corrupt"],
+)
+def test_bad_tokenizer_paths_say_what_is_wrong(tmp_path: Path, make: str, message: str) -> None:
+    path = tmp_path / "tok"
+    if make == "file":
+        path.write_text("{}")
+    elif make == "empty folder":
+        path.mkdir()
+    elif make == "corrupt":
+        path.mkdir()
+        (path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(DataError) as err:
+        prepare(tmp_path / "cache", tokenizer=str(path))
+    assert str(err.value).startswith(message.format(path=path))
+    assert "\n" not in str(err.value) and "Repo id" not in str(err.value)
+
+
+def test_unknown_hub_tokenizer_names_the_hub_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DataError) as err:
+        prepare(tmp_path / "cache", tokenizer="normgpt-no-such-owner/no-such-tokenizer")
+    assert str(err.value).startswith(
+        "could not load tokenizer 'normgpt-no-such-owner/no-such-tokenizer' from the hub: "
+    )
+    assert "\n" not in str(err.value)
 
 
 def test_too_little_data_for_a_batch_names_split_and_counts() -> None:
