@@ -6,6 +6,7 @@ same-directory siblings from this project.
 """
 
 from transformers import PreTrainedConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from .norms import NORMS
 
@@ -14,6 +15,7 @@ NORM_TYPES = tuple(NORMS)
 NORM_PLACEMENTS = ("pre", "post", "peri")
 HIDDEN_ACTS = ("silu", "gelu")  # silu -> SwiGLU MLP, gelu -> plain GELU MLP
 RMS_IMPLS = ("auto", "triton", "torch")
+ROPE_TYPES = ("default", *ROPE_INIT_FUNCTIONS)
 
 
 class NormGPTConfig(PreTrainedConfig):
@@ -29,7 +31,10 @@ class NormGPTConfig(PreTrainedConfig):
         num_key_value_heads: key/value heads for grouped-query attention; must divide `num_attention_heads`.
             `None` means multi-head attention (as many KV heads as query heads).
         max_position_embeddings: longest sequence the model is trained for (RoPE itself has no hard limit).
-        rope_theta: base of the rotary position embedding frequencies.
+        rope_parameters: the rotary position embedding, as every transformers 5 model describes it: `rope_theta`
+            (the base of the frequencies, default 10000) and `rope_type` (`default`, or a scaling for longer
+            contexts: `linear`, `dynamic`, `yarn`, `llama3`, `longrope`, ... with their own keys, such as `factor`).
+            A top-level `rope_theta`, as configs written before transformers 5 carry, is moved into it.
         hidden_act: `silu` (SwiGLU MLP) or `gelu` (GELU MLP).
         norm_type: the normalization layer, by name: `rms` (RMSNorm), `layer` (LayerNorm with gain and bias),
             `layer_nobias` (LayerNorm with gain only), `layer_noaffine` (LayerNorm without learnable parameters, as in
@@ -61,7 +66,7 @@ class NormGPTConfig(PreTrainedConfig):
     num_attention_heads: int = 12
     num_key_value_heads: int | None = None
     max_position_embeddings: int = 1024
-    rope_theta: float = 10000.0
+    rope_parameters: dict | None = None
     hidden_act: str = "silu"
     norm_type: str = "rms"
     norm_placement: str = "pre"
@@ -86,8 +91,9 @@ class NormGPTConfig(PreTrainedConfig):
                 self.intermediate_size = 64 * -(-(8 * self.hidden_size // 3) // 64)  # ceil to a multiple of 64
             else:
                 self.intermediate_size = 4 * self.hidden_size
-        self._check()
+        # The library moves a legacy top-level `rope_theta` (or `rope_scaling`) into `rope_parameters` here.
         super().__post_init__(**kwargs)
+        self._check()
 
     @property
     def head_dim(self) -> int:
@@ -134,10 +140,21 @@ class NormGPTConfig(PreTrainedConfig):
             raise ValueError(f"dyt_alpha_init must be > 0, got {self.dyt_alpha_init!r}")
         if not self.z_loss >= 0:
             raise ValueError(f"z_loss must be >= 0, got {self.z_loss!r}")
-        if not self.rope_theta > 0:
-            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
+        self._check_rope()
         if not self.initializer_range > 0:
             raise ValueError(f"initializer_range must be > 0, got {self.initializer_range!r}")
+
+    def _check_rope(self) -> None:
+        rope = self.rope_parameters
+        if rope["rope_type"] not in ROPE_TYPES:
+            raise ValueError(f"unknown rope_parameters rope_type {rope['rope_type']!r}; valid: {', '.join(ROPE_TYPES)}")
+        theta = rope.get("rope_theta")
+        if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
+            raise ValueError(f"rope_theta must be > 0, got {theta!r}")
+        try:
+            self.validate_rope()  # the library's check of the keys each rope_type needs
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
 
 
 __all__ = ["NormGPTConfig"]

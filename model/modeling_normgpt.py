@@ -1,15 +1,22 @@
-"""NormGPT: a decoder-only pre-norm transformer whose normalization layer is a config string.
+"""NormGPT: a decoder-only transformer whose normalization layer and its placement are config strings.
 
-Reads top to bottom: rotary embedding -> attention -> MLP -> block -> model; the norms and their registry are in
-norms.py.
+Reads top to bottom: rotary embedding -> attention -> MLP -> blocks -> model -> heads; the norms and their registry
+are in norms.py.
 The parameter names follow Llama's (`input_layernorm`, `post_attention_layernorm`, `q_proj`, ..., `down_proj`,
 `model.norm`), so a `norm_type="rms"`, `hidden_act="silu"` checkpoint maps one to one onto a Llama state dict.
+
+It keeps the transformers model contract the way in-tree Llama does in the installed version: attention through
+the attention interface (eager, SDPA, flex, flash), masks from `create_causal_mask`, RoPE from the library's RoPE
+functions, outputs captured by `capture_outputs`, `return_dict=False` tuples, gradient checkpointing through
+`GradientCheckpointingLayer`, and the deprecated `past_key_values=` keyword.
 
 This file is copied next to every saved checkpoint (remote code): it imports only the library, torch and its
 same-directory siblings.
 """
 
+import copy
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +24,19 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import (
+    GenericForSequenceClassification,
+    GenericForTokenClassification,
+    GradientCheckpointingLayer,
+)
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.utils import can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_normgpt import NormGPTConfig
 from .norms import Identity, Norm, RMSNorm, build_norm
@@ -27,25 +46,40 @@ from .norms import Identity, Norm, RMSNorm, build_norm
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE (Su et al. 2021) in the "rotate half" layout used by Llama/HF, so weights port across."""
+    """RoPE (Su et al. 2021) in the "rotate half" layout used by Llama/HF, so weights port across. The frequencies
+    come from `config.rope_parameters` through the library's RoPE functions (`rope_type` default, linear, dynamic,
+    yarn, llama3, ...), so scaled RoPE means exactly what it means for every other model."""
 
     def __init__(self, config: NormGPTConfig) -> None:
         super().__init__()
         self.config = config
-        # Not persistent: it is a function of the config, so checkpoints do not carry it and `_init_weights`
-        # recomputes it after `from_pretrained` materialises the model from the meta device.
-        self.register_buffer("inv_freq", self.compute_inv_freq(config), persistent=False)
+        self.rope_type = config.rope_parameters["rope_type"]
+        self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
+        inv_freq, self.attention_scaling = self.rope_init_fn(config)
+        # Not persistent: a function of the config, so checkpoints do not carry them and `_init_weights` recomputes
+        # them after `from_pretrained` materialises the model from the meta device. `dynamic` RoPE swaps `inv_freq`
+        # for long sequences and restores `original_inv_freq`.
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+
+    @property
+    def rope_init_fn(self) -> Callable[..., tuple[torch.Tensor, float]]:
+        return ROPE_INIT_FUNCTIONS.get(self.rope_type, self.compute_default_rope_parameters)
 
     @staticmethod
-    def compute_inv_freq(config: NormGPTConfig) -> torch.Tensor:
+    def compute_default_rope_parameters(config: NormGPTConfig, device=None, seq_len=None) -> tuple[torch.Tensor, float]:
+        """Unscaled RoPE: inverse frequencies theta^(-2i/D), and no scaling of cos/sin."""
         dim = config.head_dim
-        return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        theta = config.rope_parameters["rope_theta"]
+        return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim)), 1.0
 
-    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    @dynamic_rope_update
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [B or 1, T, D] in x's dtype for positions [B or 1, T]."""
         # Angles in float32: positions of a few thousand times inv_freq lose whole radians in bf16.
-        freqs = position_ids[..., None].float() * self.inv_freq.to(position_ids.device)  # [B, T, D/2]
+        freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)  # [B, T, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, D]
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -63,24 +97,73 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class QueryKeyProbe(nn.Module):
-    """A hook point, not a computation: attention calls it with the rotated queries [B, H, T, D], the keys it attends
-    to [B, Hkv, S, D] and its mask, by keyword, so a stability probe hooked here (`register_forward_hook(...,
-    with_kwargs=True)`) reads exactly what the attention scores are made of. With no hook it does nothing."""
+    """A hook point, not a computation: attention calls it, before dispatching to any attention backend, as
+    `probe(query=q, key=k, attn_mask=mask)`, so a stability probe hooked here (`register_forward_hook(...,
+    with_kwargs=True)`) reads exactly what the pre-softmax scores `q @ k^T / sqrt(D)` are made of, on every backend:
+
+    - `query`: the rotated (and, with `qk_norm`, normalized) queries, [B, H, T, D];
+    - `key`: the keys attended to, [B, Hkv, S, D] (S = cached + new positions; H is a multiple of Hkv: repeat each
+      key head H/Hkv times, `repeat_interleave(H // Hkv, dim=1)`, to pair it with its query heads). With a static
+      cache S is the cache length, and the slots not yet written are masked out;
+    - `attn_mask`: a boolean tensor broadcastable to [B, 1, T, S], True where query t may attend to key s; or None,
+      which means plain causal attention over S == T keys (query t sees keys 0..t): no cache, no padding, as in
+      training. It never is the backend's own format (an additive float mask for eager, a BlockMask for flex, a
+      padding mask for flash): the model builds this one, and only while a hook is registered on this module
+      (a global module hook sees None).
+
+    With no hook it does nothing."""
+
+    @property
+    def hooked(self) -> bool:
+        return bool(self._forward_hooks or self._forward_pre_hooks)
 
     def forward(self, *, query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor | None) -> None:
         return None
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out, the reference path and the only one that can return the weights [B, H, T, S].
+    `attention_mask` is the additive float mask `create_causal_mask` makes for eager (0 or the dtype's minimum), or
+    a boolean one a caller passed in."""
+    key = key.repeat_interleave(module.num_key_value_groups, dim=1)  # [B, H, S, D]
+    value = value.repeat_interleave(module.num_key_value_groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # [B, H, T, S]
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    elif attention_mask is not None:
+        scores = scores + attention_mask
+    # softmax in float32: bf16 scores lose the small probabilities
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights  # [B, T, H, D], [B, H, T, S]
+
+
 class Attention(nn.Module):
-    """Causal self-attention through `F.scaled_dot_product_attention`, with grouped-query attention (fewer key/value
-    heads than query heads) and a key/value cache through the transformers Cache API."""
+    """Causal self-attention with grouped-query attention (fewer key/value heads than query heads) and a key/value
+    cache through the transformers Cache API. The computation itself is the backend `config._attn_implementation`
+    names in transformers' attention interface (`sdpa` by default; `eager` above)."""
+
+    is_causal = True
 
     def __init__(self, config: NormGPTConfig, layer_idx: int) -> None:
         super().__init__()
+        self.config = config
         self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_kv_heads  # the attention interface's name
         self.head_dim = config.head_dim
+        # 1/sqrt(D) as SDPA computes its default, so the default path keeps its numbers to the bit
+        self.scaling = 1.0 / math.sqrt(self.head_dim)
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
@@ -95,30 +178,33 @@ class Attention(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotated queries [B, H, T, D] and keys [B, Hkv, T, D]."""
-        B, T, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, T, self.num_heads, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)).transpose(1, 2)
+        shape = (*x.shape[:-1], -1, self.head_dim)  # -1: the local heads, when tensor parallelism splits them
+        q = self.q_norm(self.q_proj(x).view(shape)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(shape)).transpose(1, 2)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
     def forward(
         self,
-        x: torch.Tensor,
+        hidden_states: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        attn_mask: torch.Tensor | None,
-        cache: Cache | None,
-    ) -> torch.Tensor:
-        B, T, _ = x.shape
-        q, k = self.queries_and_keys(x, cos, sin)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
+        attention_mask: torch.Tensor | None,
+        cache: Cache | None = None,
+        probe_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Output [B, T, hidden] and the attention weights [B, H, T, S] (None except on eager)."""
+        input_shape = hidden_states.shape[:-1]  # [B, T]
+        q, k = self.queries_and_keys(hidden_states, cos, sin)
+        v = self.v_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
         if cache is not None:
-            k, v = cache.update(k, v, self.layer_idx)  # [B, Hkv, S, D], S = past + T
-        self.logits_probe(query=q, key=k, attn_mask=attn_mask)
-        # With no explicit mask the queries and keys are the same positions, and SDPA's own causal mask is right.
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None, enable_gqa=self.num_kv_heads != self.num_heads
-        )  # [B, H, T, D]
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+            k, v = cache.update(k, v, self.layer_idx)  # [B, Hkv, S, D]
+        self.logits_probe(query=q, key=k, attn_mask=probe_mask)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        out, weights = attention_interface(self, q, k, v, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs)
+        return self.o_proj(out.reshape(*input_shape, -1).contiguous()), weights  # out: [B, T, H, D]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -156,15 +242,29 @@ MLPS = {"silu": SwiGLUMLP, "gelu": GELUMLP}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Block and model
+# Blocks. Each takes the residual stream positionally (gradient checkpointing and output capture read it there) and
+# everything attention needs by keyword, and returns the new stream, a tensor: `output_hidden_states` records these.
 
 
-class PreNormBlock(nn.Module):
+class DecoderBlock(GradientCheckpointingLayer):
+    """What the three placements share: an attention and an MLP around a residual stream, recomputed in the backward
+    pass when gradient checkpointing is on."""
+
+    final_norm = True  # whether the model normalizes the stream leaving the last block
+
+    def attend(
+        self, x: torch.Tensor, position_embeddings, attention_mask=None, cache=None, probe_mask=None, **kwargs
+    ) -> torch.Tensor:
+        """The attention sublayer on x; `kwargs` (backend options) go through to the attention interface."""
+        cos, sin = position_embeddings
+        out, _ = self.self_attn(x, cos, sin, attention_mask, cache=cache, probe_mask=probe_mask, **kwargs)
+        return out
+
+
+class PreNormBlock(DecoderBlock):
     """Pre-norm (GPT-2, Llama): `h = h + attn(norm(h)); h = h + mlp(norm(h))`. The residual stream itself is never
     normalized, which keeps an identity path from the embedding to the final norm (Xiong et al. 2020: trains without
     warm-up)."""
-
-    final_norm = True
 
     def __init__(self, config: NormGPTConfig, layer_idx: int) -> None:
         super().__init__()
@@ -173,14 +273,14 @@ class PreNormBlock(nn.Module):
         self.post_attention_layernorm = build_norm(config)
         self.mlp = MLPS[config.hidden_act](config)
 
-    def forward(self, hidden, cos, sin, attn_mask, cache) -> torch.Tensor:
-        attn_out = self.self_attn(self.input_layernorm(hidden), cos, sin, attn_mask, cache)
+    def forward(self, hidden_states: torch.Tensor, **attention_inputs) -> torch.Tensor:
+        attn_out = self.attend(self.input_layernorm(hidden_states), **attention_inputs)
         # residual add and second norm in one call: fused into one kernel on the Triton path
-        normed, hidden = self.post_attention_layernorm.add_forward(attn_out, hidden)
-        return hidden + self.mlp(normed)
+        normed, hidden_states = self.post_attention_layernorm.add_forward(attn_out, hidden_states)
+        return hidden_states + self.mlp(normed)
 
 
-class PostNormBlock(nn.Module):
+class PostNormBlock(DecoderBlock):
     """Post-norm (the original Transformer, BERT): `h = norm(h + attn(h)); h = norm(h + mlp(h))`. Every residual path
     goes through a norm, so gradients near the output are large at init and the model needs warm-up (Xiong et al.
     2020); there is no final norm because the stream leaving the last block is already normalized."""
@@ -194,20 +294,17 @@ class PostNormBlock(nn.Module):
         self.mlp = MLPS[config.hidden_act](config)
         self.post_feedforward_layernorm = build_norm(config)
 
-    def forward(self, hidden, cos, sin, attn_mask, cache) -> torch.Tensor:
-        hidden, _ = self.post_attention_layernorm.add_forward(
-            self.self_attn(hidden, cos, sin, attn_mask, cache), hidden
-        )
-        hidden, _ = self.post_feedforward_layernorm.add_forward(self.mlp(hidden), hidden)
-        return hidden
+    def forward(self, hidden_states: torch.Tensor, **attention_inputs) -> torch.Tensor:
+        attn_out = self.attend(hidden_states, **attention_inputs)
+        hidden_states, _ = self.post_attention_layernorm.add_forward(attn_out, hidden_states)
+        hidden_states, _ = self.post_feedforward_layernorm.add_forward(self.mlp(hidden_states), hidden_states)
+        return hidden_states
 
 
-class PeriNormBlock(nn.Module):
+class PeriNormBlock(DecoderBlock):
     """Peri-norm (Gemma 2, Peri-LN by Kim et al. 2025): each sublayer's input and output are normalized,
     `h = h + norm(attn(norm(h))); h = h + norm(mlp(norm(h)))`, which bounds what each sublayer adds to the stream.
     Parameter names are Gemma 2's."""
-
-    final_norm = True
 
     def __init__(self, config: NormGPTConfig, layer_idx: int) -> None:
         super().__init__()
@@ -218,23 +315,42 @@ class PeriNormBlock(nn.Module):
         self.mlp = MLPS[config.hidden_act](config)
         self.post_feedforward_layernorm = build_norm(config)
 
-    def forward(self, hidden, cos, sin, attn_mask, cache) -> torch.Tensor:
-        hidden = hidden + self.post_attention_layernorm(
-            self.self_attn(self.input_layernorm(hidden), cos, sin, attn_mask, cache)
-        )
-        return hidden + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(hidden)))
+    def forward(self, hidden_states: torch.Tensor, **attention_inputs) -> torch.Tensor:
+        attn_out = self.attend(self.input_layernorm(hidden_states), **attention_inputs)
+        hidden_states = hidden_states + self.post_attention_layernorm(attn_out)
+        return hidden_states + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(hidden_states)))
 
 
 BLOCKS = {"pre": PreNormBlock, "post": PostNormBlock, "peri": PeriNormBlock}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model
 
 
 class NormGPTPreTrainedModel(PreTrainedModel):
     config_class = NormGPTConfig
     config: NormGPTConfig
     base_model_prefix = "model"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _no_split_modules = [block.__name__ for block in BLOCKS.values()]  # also FSDP's default wrap units
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True  # every kwarg reaches the attention interface; logits_to_keep may be a tensor
+    _can_compile_fullgraph = True  # a static-cache decoding step traces with no graph break (tests/test_hf_contract.py)
+    _can_record_outputs = {"hidden_states": DecoderBlock, "attentions": Attention}
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Also lists every normgpt class in the config's `auto_map` (not only the one saved), so that a saved
+        directory loads as any head, `AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)`
+        for one, where this project is not installed. Only for classes marked for remote code, as importing `model`
+        marks them."""
+        if self._auto_class is not None:
+            module = type(self).__module__.split(".")[-1]
+            listed = {cls._auto_class: f"{module}.{cls.__name__}" for cls in AUTO_CLASSES if cls._auto_class}
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **listed}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 init: N(0, initializer_range) for every matrix, with the projections that write into the residual
@@ -252,32 +368,20 @@ class NormGPTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, Norm):
             module.reset_parameters()
         elif isinstance(module, RotaryEmbedding):
-            init.copy_(module.inv_freq, module.compute_inv_freq(module.config))
+            inv_freq, _ = module.rope_init_fn(module.config)
+            init.copy_(module.inv_freq, inv_freq)
+            init.copy_(module.original_inv_freq, inv_freq)
 
 
-def attention_positions_and_mask(
-    attention_mask: torch.Tensor | None, batch: int, q_len: int, past_len: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Position ids [B, T] and the SDPA boolean mask [B, 1, T, S] (True = may attend), or None when plain causal
-    attention over the same positions is exact (training, and the first step of unpadded generation).
-
-    `attention_mask` is the usual 2-D padding mask over all S = past + T tokens. Positions count only real tokens,
-    so a left-padded prompt gets the same positions as an unpadded one.
-    """
-    if attention_mask is None:
-        positions = torch.arange(past_len, past_len + q_len, device=device).expand(batch, q_len)
-        if past_len == 0:
-            return positions, None
-        key_ok = torch.ones(batch, past_len + q_len, dtype=torch.bool, device=device)
-    else:
-        key_ok = attention_mask.bool()
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -q_len:]
-    q_idx = torch.arange(past_len, past_len + q_len, device=device)[:, None]  # [T, 1]
-    k_idx = torch.arange(key_ok.shape[1], device=device)[None, :]  # [1, S]
-    allowed = (k_idx <= q_idx)[None] & key_ok[:, None, :]  # [B, T, S]
-    # A padding query would otherwise see no key at all and SDPA would return NaN; its output is never used.
-    allowed |= (k_idx == q_idx)[None]
-    return positions, allowed[:, None]  # [B, 1, T, S]
+def default_position_ids(
+    attention_mask: torch.Tensor | None, cache: Cache | None, q_len: int, device: torch.device
+) -> torch.Tensor:
+    """Positions [B or 1, T] when the caller gives none. With a 2-D padding mask they count real tokens only, so a
+    left-padded prompt gets the positions it would have unpadded (`generate` computes the same itself)."""
+    if attention_mask is not None and attention_mask.ndim == 2:
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -q_len:]
+    past = cache.get_seq_length() if cache is not None else 0
+    return torch.arange(past, past + q_len, device=device)[None]
 
 
 class NormGPTModel(NormGPTPreTrainedModel):
@@ -288,6 +392,7 @@ class NormGPTModel(NormGPTPreTrainedModel):
         self.layers = nn.ModuleList([block(config, i) for i in range(config.num_hidden_layers)])
         self.norm = build_norm(config) if block.final_norm else Identity()
         self.rotary_emb = RotaryEmbedding(config)
+        self.gradient_checkpointing = False
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -296,6 +401,9 @@ class NormGPTModel(NormGPTPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -304,37 +412,55 @@ class NormGPTModel(NormGPTPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        """`hidden_states` (with `output_hidden_states`) are the embeddings, then each block's output; the last one
+        is taken before the final norm, whose output is `last_hidden_state`."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        # A model in training mode makes no cache of its own: training never reads one.
         if use_cache and cache is None and not self.training:
             cache = DynamicCache(config=self.config)
         if not use_cache:
             cache = None
-        B, T, _ = inputs_embeds.shape
-        past_len = cache.get_seq_length() if cache is not None else 0
-        positions, attn_mask = attention_positions_and_mask(attention_mask, B, T, past_len, inputs_embeds.device)
-        if position_ids is not None:
-            positions = position_ids
-        cos, sin = self.rotary_emb(positions, inputs_embeds.dtype)
-
-        hidden = inputs_embeds
-        all_hidden = [hidden] if output_hidden_states else None
-        for layer in self.layers:
-            hidden = layer(hidden, cos, sin, attn_mask, cache)
-            if all_hidden is not None:
-                all_hidden.append(hidden)
-        hidden = self.norm(hidden)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden,
-            cache=cache,
-            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+        if position_ids is None:
+            position_ids = default_position_ids(attention_mask, cache, inputs_embeds.shape[1], inputs_embeds.device)
+        mask_inputs = dict(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache, position_ids=position_ids
         )
+        causal_mask = create_causal_mask(config=self.config, **mask_inputs)
+        probe_mask = self.probe_mask(causal_mask, mask_inputs)
+        position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
+
+        hidden_states = inputs_embeds
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                attention_mask=causal_mask,
+                position_embeddings=position_embeddings,
+                cache=cache,
+                probe_mask=probe_mask,
+                **kwargs,
+            )
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache)
+
+    def probe_mask(self, causal_mask, mask_inputs: dict) -> torch.Tensor | None:
+        """The mask `QueryKeyProbe` documents (boolean, or None for plain causal over S == T keys), built only while
+        a probe is hooked. On SDPA it is the backend's own mask; otherwise `create_causal_mask` makes it as for SDPA.
+        With a cache it is always materialized, because SDPA's None there means different alignments."""
+        if not any(layer.self_attn.logits_probe.hooked for layer in self.layers):
+            return None
+        no_cache = mask_inputs["cache"] is None
+        mask = causal_mask
+        if self.config._attn_implementation != "sdpa" or (mask is None and not no_cache):
+            sdpa_config = copy.copy(self.config)
+            sdpa_config._attn_implementation = "sdpa"
+            mask = create_causal_mask(config=sdpa_config, allow_is_causal_skip=no_cache, **mask_inputs)
+        if mask is not None and mask.dtype != torch.bool:  # a 4-D additive mask passed in by the caller
+            mask = mask > torch.finfo(mask.dtype).min
+        return mask
 
 
 class NormGPTForCausalLM(NormGPTPreTrainedModel, GenerationMixin):
@@ -352,6 +478,8 @@ class NormGPTForCausalLM(NormGPTPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -361,51 +489,88 @@ class NormGPTForCausalLM(NormGPTPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """`labels` are the input ids themselves (shifted here), with -100 marking positions to ignore.
         `num_items_in_batch`, when given, is the number of target tokens across all micro-batches of an accumulated
-        step, so that the summed loss is normalised once (HF Trainer convention)."""
-        outputs = self.model(
+        step, so that the summed loss is normalised once (HF Trainer convention). `output_attentions`,
+        `output_hidden_states` and `return_dict` work as arguments and from the config."""
+        outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            output_hidden_states=output_hidden_states,
+            return_dict=True,  # the trunk's dataclass whatever config.return_dict says; the tuple is made here
+            **kwargs,
         )
-        hidden = outputs.last_hidden_state
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]  # generation needs only the last position's logits
-        logits = self.lm_head(hidden)  # [B, T, V]
-
-        loss = None
-        if labels is not None:
-            # float32 log-softmax: bf16 logits over a large vocabulary lose the small probabilities the loss needs
-            shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])  # [B*(T-1), V]
-            shift_labels = labels[:, 1:].reshape(-1).to(logits.device)  # [B*(T-1)]
-            reduction = "mean" if num_items_in_batch is None else "sum"
-            loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction=reduction)
-            if self.config.z_loss:
-                # pulls log Z toward 0 so the softmax stays in a well-conditioned range (PaLM; Wortsman et al. 2023)
-                log_z = torch.logsumexp(shift_logits, dim=-1)[shift_labels != -100]
-                z = log_z.pow(2)
-                loss = loss + self.config.z_loss * (z.mean() if num_items_in_batch is None else z.sum())
-            if num_items_in_batch is not None:
-                loss = loss / num_items_in_batch
-
+        # generation needs only the last position's logits
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))  # [B, T, V]
+        loss = self.causal_lm_loss(logits, labels, num_items_in_batch) if labels is not None else None
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
 
+    def causal_lm_loss(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+        # float32 log-softmax: bf16 logits over a large vocabulary lose the small probabilities the loss needs
+        shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])  # [B*(T-1), V]
+        shift_labels = labels[:, 1:].reshape(-1).to(logits.device)  # [B*(T-1)]
+        reduction = "mean" if num_items_in_batch is None else "sum"
+        loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction=reduction)
+        if self.config.z_loss:
+            # pulls log Z toward 0 so the softmax stays in a well-conditioned range (PaLM; Wortsman et al. 2023)
+            z = torch.logsumexp(shift_logits, dim=-1)[shift_labels != -100].pow(2)
+            loss = loss + self.config.z_loss * (z.mean() if num_items_in_batch is None else z.sum())
+        if num_items_in_batch is not None:
+            loss = loss / num_items_in_batch
+        return loss
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Heads on the same trunk, from the library's generic ones. They build `NormGPTModel` directly rather than through
+# `AutoModel`, which a remote-code checkpoint cannot resolve without `trust_remote_code` being passed down.
+
+
+class NormGPTForSequenceClassification(GenericForSequenceClassification, NormGPTPreTrainedModel):
+    """Scores the last non-padding token of each sequence (`config.num_labels` outputs)."""
+
+    def __init__(self, config: NormGPTConfig) -> None:
+        NormGPTPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.model = NormGPTModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+
+class NormGPTForTokenClassification(GenericForTokenClassification, NormGPTPreTrainedModel):
+    """Scores every token (`config.num_labels` outputs), after dropout (`classifier_dropout`, default 0.1)."""
+
+    def __init__(self, config: NormGPTConfig) -> None:
+        NormGPTPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.model = NormGPTModel(config)
+        dropout = getattr(config, "classifier_dropout", None)
+        self.dropout = nn.Dropout(0.1 if dropout is None else dropout)
+        self.score = nn.Linear(
+            config.hidden_size, config.num_labels, bias=getattr(config, "token_classification_bias", True)
+        )
+        self.post_init()
+
+
+AUTO_CLASSES = (NormGPTModel, NormGPTForCausalLM, NormGPTForSequenceClassification, NormGPTForTokenClassification)
 
 __all__ = [
     "BLOCKS",
     "NormGPTForCausalLM",
+    "NormGPTForSequenceClassification",
+    "NormGPTForTokenClassification",
     "NormGPTModel",
     "NormGPTPreTrainedModel",
     "QueryKeyProbe",

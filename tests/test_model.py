@@ -232,14 +232,20 @@ LOAD_ELSEWHERE = textwrap.dedent(
             if name.split(".")[0] in ("model", "train"):
                 raise ModuleNotFoundError(name)
     sys.meta_path.insert(0, Block())
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     run_dir, ids = sys.argv[1], torch.tensor(json.loads(sys.argv[2]))
     model = AutoModelForCausalLM.from_pretrained(run_dir, trust_remote_code=True).eval()
-    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    eager = AutoModelForCausalLM.from_pretrained(run_dir, trust_remote_code=True, attn_implementation="eager").eval()
+    classifier = AutoModelForSequenceClassification.from_pretrained(run_dir, trust_remote_code=True, num_labels=3)
+    for m in (model, eager, classifier):
+        assert type(m).__module__.startswith("transformers_modules"), type(m).__module__
     with torch.no_grad():
         logits = model(ids).logits
+        attentions = eager(ids, output_attentions=True).attentions
+        scores = classifier.eval()(ids).logits
     gen = model.generate(ids[:, :4], max_new_tokens=5, do_sample=False, pad_token_id=0)
-    print(json.dumps({"logits": logits.tolist(), "gen": gen.tolist()}))
+    print(json.dumps({"logits": logits.tolist(), "gen": gen.tolist(), "attentions": [list(a.shape) for a in attentions],
+                      "eager": eager.config._attn_implementation, "scores": list(scores.shape)}))
     """
 )
 
@@ -272,6 +278,9 @@ def test_save_then_load_where_project_is_not_importable(tmp_path, norm_type):
         expected = model(ids).logits
     got = load_in_clean_process(run_dir, ids, tmp_path)
     torch.testing.assert_close(torch.tensor(got["logits"]), expected, rtol=0, atol=1e-5)
+    # the other backends and heads travel with the code: eager attention returns weights, a classifier loads
+    assert got["eager"] == "eager" and got["attentions"] == [[2, 4, 10, 10]] * 2
+    assert got["scores"] == [2, 3]
     expected_gen = model.generate(ids[:, :4], max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert got["gen"] == expected_gen.tolist()
 
@@ -281,6 +290,8 @@ def test_from_pretrained_recomputes_rope_buffer(tmp_path):
     model.save_pretrained(tmp_path / "m")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
     torch.testing.assert_close(loaded.model.rotary_emb.inv_freq, model.model.rotary_emb.inv_freq)
+    torch.testing.assert_close(loaded.model.rotary_emb.original_inv_freq, model.model.rotary_emb.inv_freq)
+    assert loaded.config.rope_parameters == {"rope_theta": 500.0, "rope_type": "default"}
     ids = torch.randint(1, 101, (1, 12))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits)

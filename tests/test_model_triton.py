@@ -17,12 +17,13 @@ pytestmark = pytest.mark.skipif(
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def pair(**overrides):
+def pair(attn: str = "sdpa", **overrides):
     torch.manual_seed(0)
     config = NormGPTConfig(
         vocab_size=67, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, rms_impl="torch", **overrides
     )
     reference = NormGPTForCausalLM(config).to(DEVICE)
+    reference.set_attn_implementation(attn)
     fused = copy.deepcopy(reference)
     for module in fused.modules():
         if hasattr(module, "impl"):
@@ -30,9 +31,20 @@ def pair(**overrides):
     return reference, fused
 
 
-@pytest.mark.parametrize("overrides", [{}, {"qk_norm": True}, {"norm_placement": "post"}, {"norm_placement": "peri"}])
-def test_triton_path_equals_torch_path_forward_and_backward(overrides):
-    reference, fused = pair(**overrides)
+@pytest.mark.parametrize(
+    "attn, overrides",
+    [
+        ("sdpa", {}),
+        ("sdpa", {"qk_norm": True}),
+        ("sdpa", {"norm_placement": "post"}),
+        ("sdpa", {"norm_placement": "peri"}),
+        ("eager", {"qk_norm": True, "norm_placement": "peri"}),
+    ],
+)
+def test_triton_path_equals_torch_path_forward_and_backward(attn, overrides):
+    """On every attention backend (the fused kernels sit in the norms, QK-norm's too, not in attention)."""
+    reference, fused = pair(attn, **overrides)
+    assert fused.config._attn_implementation == attn
     ids = torch.randint(0, 67, (2, 12), device=DEVICE)
     out_ref = reference(ids, labels=ids, use_cache=False)
     out_fused = fused(ids, labels=ids, use_cache=False)
