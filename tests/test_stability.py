@@ -4,12 +4,25 @@ direct computations on a tiny model."""
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
 from model import NormGPTConfig, NormGPTForCausalLM
 from model.modeling_normgpt import apply_rotary
-from train.stability import DivergenceMonitor, SpikeDetector, block_sq_sums, probe, snapshot_blocks, update_sq_sums
+from train.stability import (
+    DivergenceMonitor,
+    NonFiniteGuard,
+    PlateauDetector,
+    SpikeDetector,
+    attention_logit_probe,
+    block_sq_sums,
+    max_attention_logit,
+    residual_rms,
+    snapshot_blocks,
+    unigram_entropy,
+    update_sq_sums,
+)
 
 
 def noisy_decay(n: int, seed: int = 0) -> list[float]:
@@ -56,11 +69,93 @@ def test_spike_detector_ignores_non_finite_and_round_trips_state():
     ]
 
 
-def test_divergence_on_non_finite_loss():
+def test_divergence_monitor_leaves_non_finite_losses_to_the_guard():
     monitor = DivergenceMonitor(warmup_steps=10, patience=10)
     assert monitor.update(1, 5.0) is None
-    assert monitor.update(2, float("inf")) == "loss became non-finite (inf) at step 2"
-    assert DivergenceMonitor(10, 10).update(1, float("nan")).startswith("loss became non-finite (nan)")
+    assert monitor.update(2, float("inf")) is None and monitor.update(3, float("nan")) is None
+    assert list(monitor.recent) == [5.0]
+
+
+def test_non_finite_guard_counts_streaks_on_the_device_and_stops_after_patience():
+    guard = NonFiniteGuard(torch.device("cpu"), patience=3)
+    flags, streaks = [], []
+    for norm in (1.0, float("nan"), float("inf"), 2.0, float("nan"), float("nan"), float("nan")):
+        flags.append(guard.check(torch.tensor(norm)).item())
+        streaks.append(int(guard.streak))
+    assert flags == [0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0]
+    assert streaks == [0, 1, 2, 0, 1, 2, 3] and int(guard.total) == 5
+    assert guard.diverged(2, 6) is None
+    assert guard.diverged(3, 7) == "3 optimizer steps in a row had a non-finite gradient norm (the last at step 7)"
+    restored = NonFiniteGuard(torch.device("cpu"), patience=3)
+    restored.load_state_dict(guard.state_dict())
+    assert (int(restored.streak), int(restored.total)) == (3, 5)
+
+
+def test_fused_adamw_leaves_everything_untouched_on_a_flagged_step():
+    """What the trainer relies on for a device-side skip: found_inf makes the fused kernel a no-op."""
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = torch.optim.AdamW([p], lr=0.1, fused=True)
+    p.grad = torch.tensor([1.0, float("nan"), 1.0, 1.0])
+    opt.found_inf = torch.ones(())
+    opt.step()
+    assert torch.equal(p.detach(), torch.ones(4)) and opt.state[p]["step"].item() == 0
+    assert torch.equal(opt.state[p]["exp_avg"], torch.zeros(4))
+    p.grad = torch.ones(4)
+    opt.found_inf = torch.zeros(())
+    opt.step()
+    assert (p.detach() < 1).all() and opt.state[p]["step"].item() == 1
+
+
+def plateau_stream(start: float, level: float, n: int, seed: int = 0) -> list[float]:
+    """A loss that falls from `start` to `level` within 20 steps, then stays there with noise of std 0.02."""
+    rng = random.Random(seed)
+    return [level + (start - level) * math.exp(-i / 4) + rng.gauss(0, 0.02) for i in range(n)]
+
+
+def feed(detector: PlateauDetector, losses: list[float]) -> PlateauDetector:
+    for step, loss in enumerate(losses, start=1):
+        detector.update(step, loss)
+    return detector
+
+
+def test_plateau_detector_calls_a_stall_at_the_unigram_entropy_only():
+    entropy = 6.58
+    stalled = feed(PlateauDetector(entropy, warmup_steps=30, max_steps=200), plateau_stream(8.3, 6.60, 200))
+    assert "within 0.1 nats of the unigram entropy" in stalled.stalled()
+    learning = feed(PlateauDetector(entropy, warmup_steps=30, max_steps=200), plateau_stream(8.3, 4.6, 200))
+    assert learning.stalled() is None
+    # a run that reaches the plateau and then goes on learning, slowly, is not stalled either
+    passing = plateau_stream(8.3, 6.65, 100) + [6.65 - 0.004 * i for i in range(1, 101)]
+    assert feed(PlateauDetector(entropy, warmup_steps=30, max_steps=200), passing).stalled() is None
+    # nor is one that ends near the entropy while still falling through it
+    falling = [8.3 - 0.009 * i for i in range(200)]  # passes 6.58 at step ~190
+    assert feed(PlateauDetector(entropy, warmup_steps=30, max_steps=200), falling).stalled() is None
+    # not enough steps after warm-up for a full window: nothing to judge; no entropy: nothing to compare with
+    short = feed(PlateauDetector(entropy, warmup_steps=30, max_steps=200), plateau_stream(8.3, 6.6, 35))
+    assert short.stalled() is None
+    assert PlateauDetector(None, warmup_steps=0, max_steps=100).stalled() is None
+
+
+def test_plateau_window_is_half_the_steps_after_warmup():
+    assert PlateauDetector(6.0, warmup_steps=30, max_steps=200).window == 85
+    assert PlateauDetector(6.0, warmup_steps=5, max_steps=20).window == 10
+
+
+def test_plateau_state_round_trips():
+    detector = feed(PlateauDetector(6.0, warmup_steps=2, max_steps=20), [7.0, 6.5, 6.05, 6.0, 5.98, 6.02] * 2)
+    restored = PlateauDetector(6.0, warmup_steps=2, max_steps=20)
+    restored.load_state_dict(detector.state_dict())
+    for step in range(13, 20):
+        detector.update(step, 6.01)
+        restored.update(step, 6.01)
+    assert restored.stalled() == detector.stalled() is not None
+
+
+def test_unigram_entropy_of_known_distributions():
+    assert unigram_entropy(np.array([3, 3, 3, 3]), 8) == pytest.approx(0.0)
+    assert unigram_entropy(np.array([0, 1, 2, 3] * 10), 8) == pytest.approx(math.log(4))
+    assert unigram_entropy(np.array([0, 0, 0, 1]), 2) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    assert unigram_entropy(np.array([], dtype=np.uint16), 8) is None
 
 
 def test_divergence_when_loss_stays_at_init_after_warmup():
@@ -98,27 +193,39 @@ def tiny():
     return NormGPTForCausalLM(config)
 
 
-def test_probe_matches_direct_computation(tiny):
+def test_probes_match_direct_computation(tiny):
     ids = torch.randint(0, 97, (3, 11))
-    with probe(tiny.model.layers, max_sequences=2) as found:
+    with attention_logit_probe(tiny.model.layers, max_sequences=2) as found:
         out = tiny(ids, output_hidden_states=True, use_cache=False)
-    assert len(found["resid_rms"]) == len(found["attn_logit_max"]) == 3
+    assert len(found) == 3
+    rms = residual_rms(out.hidden_states)
     for i in range(3):
-        expected = out.hidden_states[i + 1].pow(2).mean().sqrt()
-        torch.testing.assert_close(found["resid_rms"][i], expected)
+        torch.testing.assert_close(rms[i], out.hidden_states[i + 1].pow(2).mean().sqrt())
     # the largest causal logit of layer 1, recomputed from its input
     layer = tiny.model.layers[1]
     x = layer.input_layernorm(out.hidden_states[1])[:2]
-    cos, sin = tiny.model.rotary_emb(torch.arange(11).expand(2, 11), x.dtype)
+    cos, sin = tiny.model.rotary_emb(x, torch.arange(11).expand(2, 11))
     attn = layer.self_attn
     q = attn.q_proj(x).view(2, 11, 4, 8).transpose(1, 2)
     k = attn.k_proj(x).view(2, 11, 2, 8).transpose(1, 2).repeat_interleave(2, dim=1)
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(8)
     mask = torch.ones(11, 11, dtype=torch.bool).tril()
-    torch.testing.assert_close(found["attn_logit_max"][1], scores.masked_fill(~mask, -1e9).amax())
+    torch.testing.assert_close(found[1], scores.masked_fill(~mask, -1e9).amax())
     # hooks are gone afterwards
-    assert all(not layer._forward_hooks and not layer.self_attn._forward_hooks for layer in tiny.model.layers)
+    assert all(not layer.self_attn.logits_probe._forward_hooks for layer in tiny.model.layers)
+
+
+def test_max_attention_logit_respects_cache_offset_and_padding():
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4)  # 3 new queries after 2 cached keys
+    scores = q @ k.transpose(-1, -2) / 2.0
+    allowed = torch.ones(3, 5, dtype=torch.bool).tril(diagonal=2)
+    torch.testing.assert_close(max_attention_logit(q, k, None, 4), scores.masked_fill(~allowed, -1e9).amax())
+    pad = torch.ones(1, 1, 3, 5, dtype=torch.bool)
+    pad[..., 0] = False  # the first key is padding
+    expected = scores.masked_fill(~(allowed & pad), -1e9).amax()
+    torch.testing.assert_close(max_attention_logit(q, k, pad, 4), expected)
 
 
 def test_block_grad_and_update_norms(tiny):

@@ -4,7 +4,6 @@ repeats the uninterrupted run's losses step for step; 2-process DDP over gloo; w
 import json
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,9 +16,15 @@ import pytest
 import torch
 
 from train.config import REPO_ROOT
-from train.metrics import read_metrics
+from train.run_directory import MetricsLog
 
 TRAIN = str(REPO_ROOT / "train" / "train.py")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return MetricsLog(path).rows()
+
+
 # Real text, made from a fixed set of standard-library modules, so the tests need no download.
 CORPUS_MODULES = [
     "argparse.py", "ast.py", "base64.py", "bisect.py", "calendar.py", "csv.py", "dataclasses.py", "difflib.py",
@@ -181,13 +186,15 @@ def test_resume_from_a_missing_checkpoint_is_one_line(corpus, cache_dir, tmp_pat
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"train.py: error: --resume_from_checkpoint latest: no checkpoint-<step> directory in '{tmp_path / 'r'}'"
+        f"train.py: error: --resume_from_checkpoint latest: no complete checkpoint-<step> directory in "
+        f"'{tmp_path / 'r'}'; a run that stopped before its first checkpoint cannot resume: start it again with "
+        "--overwrite_output_dir"
     ]
 
 
 def test_two_process_ddp_on_cpu(corpus, cache_dir, tmp_path):
     out = tmp_path / "ddp"
-    launcher = [shutil.which("accelerate") or "accelerate", "launch", "--multi_gpu", "--num_processes", "2"]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     launcher += ["--main_process_port", str(free_port())]  # not the default 29500 another job may hold
     proc = run_train(tiny_args(corpus, cache_dir, out, max_steps=10, eval_steps=5, save_steps=5), launcher=launcher)

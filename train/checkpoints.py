@@ -1,57 +1,211 @@
-"""Run-directory bookkeeping: which checkpoints exist, writing them so a kill never leaves a half-written one that a
-later run would trust, and keeping only the newest few."""
+"""The checkpoint format: `output_dir/checkpoint-<step>/`, written so that nothing half-written is ever trusted and
+read so that nothing in it can run code.
+
+    model.safetensors, optimizer.bin, scheduler.bin, random_states_<rank>.pkl   accelerate's save_state
+    trainer_state.json   progress, batch order, detectors and the run's config, as plain JSON
+    manifest.json        every other file with its size and xxh3-128 hash, written last
+
+A checkpoint is complete only when its manifest exists and matches. It is written under `checkpoint-<step>.tmp`
+and renamed into place, so a kill leaves either no checkpoint or a complete one. Loading verifies the manifest, then
+opens every pickle-format file with torch's weights-only unpickler (tensors, numbers, containers and numpy arrays,
+never code) before accelerate reads them. Checkpoints written before manifests existed (normgpt < 0.2: custom state
+in `custom_checkpoint_<i>.pkl`) still load, with a warning that their files cannot be verified.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
+from typing import Any
+
+import torch
+import xxhash
+
+from train.run_directory import write_json
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-# Files whose presence means a directory already holds a run that must not be silently overwritten.
-RUN_MARKERS = ("metrics.jsonl", "run_config.yaml", "config.json")
+MANIFEST = "manifest.json"
+STATE = "trainer_state.json"
+FORMAT = 2
+# normgpt < 0.2 registered these objects with accelerate, in this order, as custom_checkpoint_<i>.pkl.
+LEGACY_CUSTOM = ("batches", "trainer", "spikes", "divergence")
+PICKLED = (".bin", ".pkl", ".pt")
 
 
 class CheckpointError(ValueError):
-    """A missing or unusable checkpoint; the message is one line."""
+    """A missing, incomplete, damaged or unsafe checkpoint; the message is one line naming it."""
+
+
+def _hash(path: Path) -> str:
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 * 2**20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(directory: Path, step: int) -> None:
+    files = {
+        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "xxh3_128": _hash(p)} for p in _files(directory)
+    }
+    write_json(directory / MANIFEST, {"format": FORMAT, "step": step, "files": files})
+
+
+def _legacy_complete(directory: Path) -> bool:
+    names = {p.name for p in directory.iterdir()}
+    return "model.safetensors" in names and "optimizer.bin" in names and "custom_checkpoint_0.pkl" in names
+
+
+def completeness(directory: Path) -> str | None:
+    """None when `directory` is a complete checkpoint, else why not (one phrase)."""
+    if not directory.is_dir():
+        return "is not a directory"
+    if (directory / MANIFEST).is_file():
+        return None
+    if _legacy_complete(directory):
+        return None
+    return "has no manifest.json (it was never completely written)"
 
 
 def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints in `output_dir`, oldest first. In-progress `*.tmp` directories never match."""
+    """Complete checkpoints of `output_dir`, oldest first. Staging `*.tmp` directories never match."""
+    output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
     found = []
     for child in output_dir.iterdir():
         match = CHECKPOINT_RE.match(child.name)
         if match and child.is_dir():
-            found.append((int(match.group(1)), child))
+            if (why := completeness(child)) is None:
+                found.append((int(match.group(1)), child))
+            else:
+                logger.warning("ignoring %s: it %s", child, why)
     return sorted(found)
 
 
 def resolve_checkpoint(spec: str, output_dir: Path) -> Path:
-    """`latest` -> the newest complete checkpoint of `output_dir`; anything else must be a checkpoint directory."""
+    """`latest` -> the newest complete checkpoint of `output_dir`; anything else must be a complete checkpoint."""
     if spec == "latest":
         checkpoints = list_checkpoints(output_dir)
         if not checkpoints:
-            raise CheckpointError(f"--resume_from_checkpoint latest: no checkpoint-<step> directory in '{output_dir}'")
+            raise CheckpointError(
+                f"--resume_from_checkpoint latest: no complete checkpoint-<step> directory in '{output_dir}'; "
+                "a run that stopped before its first checkpoint cannot resume: start it again with "
+                "--overwrite_output_dir"
+            )
         return checkpoints[-1][1]
     path = Path(spec)
-    if not path.is_dir():
+    if not path.exists():
         raise CheckpointError(f"checkpoint '{spec}' does not exist; pass a checkpoint-<step> directory or 'latest'")
-    if not CHECKPOINT_RE.match(path.name) or not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+    if not CHECKPOINT_RE.match(path.name):
         raise CheckpointError(f"'{spec}' is not a training checkpoint (expected a checkpoint-<step> directory)")
+    if why := completeness(path):
+        raise CheckpointError(f"checkpoint '{spec}' {why}; pass a complete checkpoint or 'latest'")
     return path
 
 
 def checkpoint_step(path: Path) -> int:
-    return int(CHECKPOINT_RE.match(path.name).group(1))
+    return int(CHECKPOINT_RE.match(Path(path).name).group(1))
 
 
-def holds_run(output_dir: Path) -> bool:
-    return output_dir.is_dir() and (
-        any((output_dir / marker).exists() for marker in RUN_MARKERS) or bool(list_checkpoints(output_dir))
-    )
+# ---------------------------------------------------------------------------------------------------------------------
+# Verifying and loading
+
+
+def safe_torch_load(path: Path) -> Any:
+    """torch.load with the weights-only unpickler: tensors, numbers, containers and numpy arrays, never code."""
+    from accelerate.utils.other import TORCH_SAFE_GLOBALS
+
+    try:
+        with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before it refuses
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, RuntimeError on a damaged zip, ...: all mean "refuse this file"
+        raise CheckpointError(f"refusing '{path}': not a plain-data checkpoint file ({_why(err)})") from None
+
+
+def _why(err: Exception) -> str:
+    """The useful part of torch's refusal: the global a payload asked for, else the first line."""
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"loading it would run {found.group(1)}"
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if found:
+        return f"the weights-only unpickler refused it: {found.group(1).strip()[:120]}"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return first[:160]
+
+
+def verify(directory: Path) -> None:
+    """Raise CheckpointError, naming the file, unless every file matches the manifest and every pickle-format file
+    holds only plain data."""
+    manifest_path = directory / MANIFEST
+    if manifest_path.is_file():
+        try:
+            listed = json.loads(manifest_path.read_text())["files"]
+        except (ValueError, KeyError, TypeError):
+            raise CheckpointError(f"'{manifest_path}' is damaged (not a checkpoint manifest)") from None
+        present = {p.relative_to(directory).as_posix() for p in _files(directory)}
+        for name in sorted(present - set(listed)):
+            raise CheckpointError(f"'{directory / name}' is not in the checkpoint's manifest; refusing to load it")
+        for name, entry in sorted(listed.items()):
+            path = directory / name
+            if not path.is_file():
+                raise CheckpointError(f"'{path}' is listed in the manifest but missing")
+            if path.stat().st_size != entry.get("size") or _hash(path) != entry.get("xxh3_128"):
+                raise CheckpointError(f"'{path}' does not match the checkpoint's manifest (damaged or modified)")
+    for path in _files(directory):
+        if path.suffix in PICKLED:
+            safe_torch_load(path)
+        elif path.suffix == ".safetensors":
+            _check_safetensors(path)
+    if not manifest_path.is_file():
+        logger.warning("%s has no manifest (written by normgpt < 0.2): its files cannot be verified", directory)
+
+
+def _check_safetensors(path: Path) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as err:  # a bad header is the only thing a safetensors file can get wrong before loading
+        raise CheckpointError(f"refusing '{path}': not a valid safetensors file ({str(err)[:160]})") from None
+
+
+def read_state(directory: Path) -> dict[str, Any]:
+    """trainer_state.json, or the same dict assembled from a legacy checkpoint's custom pickles."""
+    if (directory / STATE).is_file():
+        try:
+            state = json.loads((directory / STATE).read_text())
+        except ValueError:
+            raise CheckpointError(f"'{directory / STATE}' is not valid JSON") from None
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise CheckpointError(f"'{directory / STATE}' is not a normgpt trainer state (format {FORMAT})")
+        return state
+    state: dict[str, Any] = {"format": FORMAT, "run_config": None}
+    for index, key in enumerate(LEGACY_CUSTOM):
+        path = directory / f"custom_checkpoint_{index}.pkl"
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint '{directory}' has neither {STATE} nor '{path.name}'")
+        state[key] = safe_torch_load(path)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Writing, rotating
 
 
 def staging_dir(final: Path) -> Path:
@@ -66,6 +220,8 @@ def publish(staging: Path, final: Path) -> None:
 
 
 def rotate(output_dir: Path, keep: int | None) -> None:
+    """Keep the newest `keep` complete checkpoints. Only complete checkpoints are counted or removed, and every
+    checkpoint is written with finite weights, so the newest finite one always survives."""
     if keep is None:
         return
     for _, path in list_checkpoints(output_dir)[:-keep]:
@@ -76,4 +232,5 @@ def clean_stale_staging(output_dir: Path) -> None:
     """Remove `checkpoint-*.tmp` left by a run that was killed while saving."""
     if output_dir.is_dir():
         for child in output_dir.glob("checkpoint-*.tmp"):
-            shutil.rmtree(child, ignore_errors=True)
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)

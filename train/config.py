@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import typing
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from transformers import HfArgumentParser
 from model.configuration_normgpt import HIDDEN_ACTS, NORM_PLACEMENTS, RMS_IMPLS, NormGPTConfig
 from model.norms import NORMS
 from train.data import DataArguments
+from train.run_directory import write_run_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
@@ -94,7 +96,7 @@ class TrainingArguments:
     adam_epsilon: float = field(default=1e-8, metadata=_help("AdamW epsilon"))
     max_grad_norm: float = field(default=1.0, metadata=_help("clip the global grad norm to this (0: no clipping)"))
     seed: int = field(default=0, metadata=_help("seed of the initialization and the data order"))
-    logging_steps: int = field(default=10, metadata=_help("write a metrics row every N steps"))
+    logging_steps: int = field(default=10, metadata=_help("write a metrics row every N steps (>= 1)"))
     eval_steps: int = field(default=100, metadata=_help("evaluate every N steps (0: only at the end)"))
     max_eval_batches: int = field(default=20, metadata=_help("validation batches per evaluation"))
     save_steps: int = field(default=100, metadata=_help("checkpoint every N steps (0: never)"))
@@ -102,25 +104,48 @@ class TrainingArguments:
     resume_from_checkpoint: str | None = field(
         default=None, metadata=_help("checkpoint directory, or 'latest' for the newest one in output_dir")
     )
+    max_nonfinite_steps: int = field(
+        default=10,
+        metadata=_help("skip steps with a non-finite gradient; stop the run as diverged after this many in a row"),
+    )
     stability_metrics: bool = field(
         default=True, metadata=_help("per-block grad/update/residual/attention-logit probes on logging steps")
     )
     torch_compile: bool = field(default=False, metadata=_help("compile the model with torch.compile"))
+    gradient_checkpointing: bool = field(
+        default=False, metadata=_help("recompute each block's activations in the backward pass: less memory, slower")
+    )
     report_to: str = field(default="none", metadata=_help("experiment tracker", choices=list(REPORT_TO)))
     run_name: str | None = field(default=None, metadata=_help("tracker run name (default: output_dir's name)"))
     sample_max_new_tokens: int = field(default=64, metadata=_help("tokens sampled from the final model (0: none)"))
+    push_to_hub: bool = field(default=False, metadata=_help("upload the final model directory to the Hugging Face Hub"))
+    hub_model_id: str | None = field(default=None, metadata=_help("Hub repo for --push_to_hub, e.g. user/normgpt-tiny"))
+    hub_private_repo: bool | None = field(default=None, metadata=_help("create the Hub repo private"))
 
     def __post_init__(self) -> None:
-        positive = ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "max_eval_batches")
+        positive = (
+            "max_steps",
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "max_eval_batches",
+            "logging_steps",
+            "max_nonfinite_steps",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value}")
         non_negative = ("warmup_steps", "weight_decay", "max_grad_norm", "logging_steps", "eval_steps", "save_steps")
         for name in (*non_negative, "sample_max_new_tokens"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not self.adam_epsilon > 0:
+            raise ConfigError(f"adam_epsilon must be > 0, got {self.adam_epsilon}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         for name in ("adam_beta1", "adam_beta2"):
@@ -156,6 +181,30 @@ class RunConfig:
         except ValueError as err:
             raise ConfigError(str(err)) from None
 
+    def resolved(self, config: NormGPTConfig, output_dir: Path, cache_dir: Path) -> dict[str, dict[str, Any]]:
+        """Sections with every default replaced by the value this run used, so `--config run_config.yaml`
+        reproduces the run even after normgpt's defaults change. `vocab_size` stays the BPE size that was asked for
+        (the model's is rounded up to a multiple of 64)."""
+        sections = self.to_yaml_dict()
+        for name, value in sections["model"].items():
+            if value is None and name != "vocab_size":
+                sections["model"][name] = model_field(config, name)
+        if sections["model"]["vocab_size"] is None:
+            sections["model"]["vocab_size"] = DEFAULT_VOCAB_SIZE if self.data.tokenizer is None else config.vocab_size
+        sections["training"]["output_dir"] = str(output_dir)
+        sections["data"]["cache_dir"] = str(cache_dir)
+        return sections
+
+
+DEFAULT_VOCAB_SIZE = 4096  # of the BPE trained on the data when neither the preset nor the CLI sets one
+
+
+def model_field(config: NormGPTConfig, name: str) -> Any:
+    """A ModelArguments field's value in a built model config (RoPE's base lives in `rope_parameters` in 5.x)."""
+    if name == "rope_theta" and getattr(config, "rope_parameters", None):
+        return config.rope_parameters.get("rope_theta", getattr(config, "rope_theta", None))
+    return getattr(config, name)
+
 
 class _Parser(HfArgumentParser):
     """argparse prints usage and exits from deep inside; we want one line and the caller deciding the exit."""
@@ -176,6 +225,8 @@ def build_parser() -> _Parser:
 
 def read_yaml_mapping(path: Path, what: str, keys: Sequence[str], missing_hint: str = "") -> dict[str, Any]:
     """A YAML file that must hold a mapping; every way it can be wrong is a one-line ConfigError naming `what`."""
+    if path.is_dir():
+        raise ConfigError(f"{what} '{path}' is a directory; pass a YAML file{missing_hint}")
     if not path.is_file():
         raise ConfigError(f"{what} '{path}' does not exist{missing_hint}")
     try:
@@ -244,10 +295,15 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
         raise ConfigError(f"unrecognized arguments: {' '.join(leftover)} (see --help)")
     for section, args in (("model", model_args), ("data", data_args), ("training", train_args)):
         _check_types(section, args)
+    if data_args.block_size < 2:
+        raise ConfigError(
+            f"block_size must be >= 2 (a sequence needs at least one input and one target token), got "
+            f"{data_args.block_size}"
+        )
     run = RunConfig(model_args, data_args, train_args, str(config_file))
     run.model_config()  # validate the model fields together (heads divide width, ...) before any work starts
     return run
 
 
 def save_run_config(run: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(run.to_yaml_dict(), sort_keys=False))
+    write_run_config(path, run.to_yaml_dict())

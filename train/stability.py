@@ -1,14 +1,20 @@
-"""Stability signals, cheap enough to leave on: loss spikes, divergence, and per-block probes of gradients, updates,
-the residual stream and attention logits. Everything here is read on logging steps only, so the training step itself
-does no extra work on the others.
+"""Stability signals, cheap enough to leave on: loss spikes, divergence, non-finite steps, the unigram plateau, and
+per-block probes of gradients, updates, the residual stream and attention logits.
 
-References for what is measured and why:
+What is measured and why:
 - loss spikes: a loss more than 6 standard deviations above the mean of the previous 128 steps (as OLMo-core flags
   them);
+- divergence: a windowed mean loss still at or above the loss at initialization after warm-up, or too many
+  non-finite steps in a row;
+- non-finite steps: a step whose gradient norm is not finite is not applied (the fused AdamW kernel skips it on the
+  device, as AMP's GradScaler does), and counted;
+- the unigram plateau: a run whose loss sits at the entropy of the training tokens' unigram distribution has learnt
+  token frequencies and nothing of the context (post-norm at high learning rates does this instead of diverging);
 - max attention logit: Wortsman et al. 2023 ("Small-scale proxies for large-scale Transformer training
   instabilities"): runs whose largest pre-softmax logit grows past ~1e4 diverge;
 - update-to-weight RMS ratio per block: how far each step moves the weights, relative to their size;
 - residual-stream RMS after each block: pre-norm streams grow with depth, post-norm streams are pinned near 1.
+The probes run on logging steps only, so the other steps do no extra work.
 """
 
 from __future__ import annotations
@@ -18,18 +24,21 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import nn
 
 SPIKE_WINDOW = 128
 SPIKE_SIGMAS = 6.0
 SPIKE_MIN_HISTORY = 16  # below this the std of the window is too noisy to call anything a 6-sigma event
+PLATEAU_BAND = 0.1  # nats: how close to the unigram entropy a loss must stay to count as the plateau
+ENTROPY_MAX_TOKENS = 2**26  # above this, the unigram entropy is estimated from evenly spaced chunks
 
 
 class SpikeDetector:
     """Flags a step whose loss exceeds mean + 6 std of the previous `window` losses. Non-finite losses are not spikes
-    (they are divergence) and are kept out of the window. Its state goes into checkpoints, so a resumed run flags the
-    same steps."""
+    (the non-finite guard handles them) and are kept out of the window. Its state goes into checkpoints, so a resumed
+    run flags the same steps."""
 
     def __init__(self, window: int = SPIKE_WINDOW, sigmas: float = SPIKE_SIGMAS, min_history: int = SPIKE_MIN_HISTORY):
         self.window, self.sigmas, self.min_history = window, sigmas, min_history
@@ -59,9 +68,9 @@ class SpikeDetector:
 
 
 class DivergenceMonitor:
-    """A run has diverged when its loss is non-finite, or when, after warm-up, the mean loss of the last `patience`
-    steps (default: as many as the warm-up, at least 10) is still at or above the loss at initialization (it has
-    learnt nothing, or lost what it learnt). Such a run is stopped: the rest of its budget would be wasted."""
+    """The windowed half of the divergence rule: after warm-up, the mean loss of the last `patience` steps (default:
+    as many as the warm-up, at least 10) is still at or above the loss at initialization (it has learnt nothing, or
+    lost what it learnt). Non-finite losses are left to `NonFiniteGuard`, which stops a run within one step."""
 
     def __init__(self, warmup_steps: int, patience: int | None = None) -> None:
         self.warmup_steps = warmup_steps
@@ -73,7 +82,7 @@ class DivergenceMonitor:
     def update(self, step: int, loss: float) -> str | None:
         """Feed the loss of optimizer step `step` (1-based); returns the reason when the run has diverged."""
         if not math.isfinite(loss):
-            return f"loss became non-finite ({loss}) at step {step}"
+            return None
         if self.init_loss is None:
             self.init_loss = loss  # step 1's loss is computed with the initial weights
         self.recent.append(loss)
@@ -92,6 +101,99 @@ class DivergenceMonitor:
     def load_state_dict(self, state: dict) -> None:
         self.init_loss = state["init_loss"]
         self.recent = deque(state["recent"], maxlen=self.patience)
+
+
+class PlateauDetector:
+    """The unigram plateau: over the second half of the steps after warm-up (at least 10), the training loss sits
+    within `band` nats of the unigram entropy of the training tokens and stays there: its mean is within the band,
+    and its least-squares trend changes it by less than the band over that window. A run still falling through the
+    plateau (a slow but learning run) moves by more than the band and is not stalled; so is a run merely noisy
+    around it. Judged at the end of a run that trained to the end (`stalled`)."""
+
+    def __init__(self, entropy: float | None, warmup_steps: int, max_steps: int, band: float = PLATEAU_BAND) -> None:
+        self.entropy, self.warmup_steps, self.band = entropy, warmup_steps, band
+        self.window = max(10, (max_steps - warmup_steps) // 2)
+        self.recent: deque[float] = deque(maxlen=self.window)
+
+    def update(self, step: int, loss: float) -> None:
+        if step > self.warmup_steps and math.isfinite(loss):
+            self.recent.append(loss)
+
+    def stalled(self) -> str | None:
+        """The reason the run counts as stalled, or None."""
+        n = len(self.recent)
+        if self.entropy is None or n < self.window:
+            return None
+        mean = sum(self.recent) / n
+        centre = (n - 1) / 2
+        slope = sum((i - centre) * (x - mean) for i, x in enumerate(self.recent)) / sum(
+            (i - centre) ** 2 for i in range(n)
+        )
+        if abs(mean - self.entropy) <= self.band and abs(slope * (n - 1)) <= self.band:
+            return (
+                f"training loss of the last {n} steps stays at {mean:.4f} (trend {slope * (n - 1):+.4f} over them), "
+                f"within {self.band:g} nats of the unigram entropy of the training tokens ({self.entropy:.4f}): "
+                "it learnt token frequencies only"
+            )
+        return None
+
+    def state_dict(self) -> dict:
+        return {"recent": list(self.recent)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.recent = deque(state["recent"], maxlen=self.window)
+
+
+def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float | None:
+    """Entropy (nats) of the token frequencies: the loss of a model that predicts every token from its frequency
+    alone. Exact up to ENTROPY_MAX_TOKENS tokens, estimated from 64 evenly spaced chunks beyond."""
+    if len(tokens) == 0:
+        return None
+    if len(tokens) > ENTROPY_MAX_TOKENS:
+        chunk = ENTROPY_MAX_TOKENS // 64
+        starts = np.linspace(0, len(tokens) - chunk, 64).astype(np.int64)
+        tokens = np.concatenate([tokens[s : s + chunk] for s in starts])
+    counts = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+class NonFiniteGuard:
+    """Skips optimizer steps whose gradient norm is not finite; after `patience` of them in a row the run has
+    diverged.
+
+    `check` returns `found_inf` (1.0 for a bad step) as a device tensor for the fused AdamW kernel, which then leaves
+    weights, moments and its step count untouched, and keeps the streak and total on the device: nothing here
+    waits for the device (the trainer reads `streak` one step late). Under DDP and FSDP the gradient norm is the
+    global one, so every rank skips the same steps.
+    """
+
+    def __init__(self, device: torch.device, patience: int) -> None:
+        self.patience = patience
+        self.streak = torch.zeros((), dtype=torch.int64, device=device)
+        self.total = torch.zeros((), dtype=torch.int64, device=device)
+
+    def check(self, grad_norm: torch.Tensor) -> torch.Tensor:
+        bad = (~torch.isfinite(grad_norm.detach().float().reshape(()))).to(torch.int64)
+        self.streak = (self.streak + bad) * bad
+        self.total = self.total + bad
+        return bad.float()
+
+    def diverged(self, streak: int, step: int) -> str | None:
+        if streak >= self.patience:
+            return f"{streak} optimizer steps in a row had a non-finite gradient norm (the last at step {step})"
+        return None
+
+    def state_dict(self) -> dict:
+        return {"total": int(self.total.item()), "streak": int(self.streak.item())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total.fill_(int(state.get("total", 0)))
+        self.streak.fill_(int(state.get("streak", 0)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Probes
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -125,32 +227,40 @@ def update_sq_sums(blocks: Sequence[nn.Module], before: list[list[torch.Tensor]]
     return torch.stack(sums)
 
 
+def residual_rms(hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
+    """RMS of the residual stream after each block, from the model's own `output_hidden_states` (entry 0 is the
+    embedding output, entry i the output of block i): [L], fp32."""
+    return torch.stack([h.detach().float().pow(2).mean().sqrt() for h in hidden_states[1:]])
+
+
+def max_attention_logit(
+    query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor | None, max_sequences: int
+) -> torch.Tensor:
+    """The largest pre-softmax logit q.k/sqrt(d) over the positions each query may attend to, over the first
+    `max_sequences` sequences (which bounds the cost of materialising the [b, H, T, S] scores SDPA never shows)."""
+    q, k = query[:max_sequences].float(), key[:max_sequences].float()  # [b, H, T, D], [b, Hkv, S, D]
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # [b, H, S, D]
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # [b, H, T, S]
+    T, S = scores.shape[-2:]
+    # query i sits at position S - T + i of the keys: causal means key position <= that
+    allowed = torch.ones(T, S, dtype=torch.bool, device=scores.device).tril(diagonal=S - T)
+    if attn_mask is not None:
+        allowed = allowed & attn_mask[:max_sequences].bool()
+    return scores.masked_fill(~allowed, float("-inf")).amax()
+
+
 @contextmanager
-def probe(blocks: Sequence[nn.Module], max_sequences: int = 4) -> Iterator[dict[str, list]]:
-    """Hooks for one forward pass: the RMS of the residual stream after each block and the largest pre-softmax
-    attention logit per layer (over the first `max_sequences` sequences of the batch, which bounds the cost of
-    materialising the [H, T, S] score matrix that SDPA never shows). Yields a dict the hooks fill."""
-    found: dict[str, list] = {"resid_rms": [], "attn_logit_max": []}
-    handles = []
+def attention_logit_probe(blocks: Sequence[nn.Module], max_sequences: int = 4) -> Iterator[list[torch.Tensor]]:
+    """Hooks every block's query/key probe point (`self_attn.logits_probe`) for the forward passes inside the block;
+    yields the list that collects one max logit per layer. Leave the block before backward, so recomputation under
+    gradient checkpointing adds nothing."""
+    found: list[torch.Tensor] = []
 
-    def on_block(module, args, output):
-        found["resid_rms"].append(output.detach().float().pow(2).mean().sqrt())
-
-    def on_attention(module, args, output):
-        x, cos, sin, attn_mask = args[0][:max_sequences], args[1][:max_sequences], args[2][:max_sequences], args[3]
+    def on_query_key(module, args, kwargs, output):
         with torch.no_grad():
-            q, k = module.queries_and_keys(x, cos, sin)  # [b, H, T, D], [b, Hkv, T, D]
-            k = k.repeat_interleave(module.num_heads // module.num_kv_heads, dim=1)  # [b, H, T, D]
-            scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(module.head_dim)  # [b, H, T, T]
-            T = scores.shape[-1]
-            causal = torch.ones(T, T, dtype=torch.bool, device=scores.device).tril()
-            if attn_mask is not None:
-                causal = causal & attn_mask[:max_sequences, :, -T:, -T:]
-            found["attn_logit_max"].append(scores.masked_fill(~causal, float("-inf")).amax())
+            found.append(max_attention_logit(kwargs["query"], kwargs["key"], kwargs["attn_mask"], max_sequences))
 
-    for block in blocks:
-        handles.append(block.register_forward_hook(on_block))
-        handles.append(block.self_attn.register_forward_hook(on_attention))
+    handles = [block.self_attn.logits_probe.register_forward_hook(on_query_key, with_kwargs=True) for block in blocks]
     try:
         yield found
     finally:

@@ -1,0 +1,369 @@
+"""Faults and hostile inputs, through the real entry point: nothing a user owns is lost, no checkpoint is poisoned or
+runs code, a preempted run resumes exactly, and a resumed run is the run it claims to be."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import shutil
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from synthetic_corpus import write_corpus
+from trainer_runs import command, error_line, losses, run, start, summary, wait_for_step
+
+from train import checkpoints as ckpt
+from train.run_directory import MetricsLog, RunStatus
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def finished(corpus, cache, tmp_path_factory) -> Path:
+    """A completed 12-step run with checkpoints at 6 and 12, copied by the tests that damage it."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    run(command(corpus, cache, out))
+    return out
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".normgpt.lock"))
+    return dst
+
+
+def strict_json(text: str):
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Output directories
+
+
+def test_overwrite_never_removes_what_normgpt_did_not_write(corpus, cache, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("\\chapter{years of work}")
+    (out / "code").mkdir()
+    (out / "code" / "analysis.py").write_text("print(1)")
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    message = error_line(run(command(corpus, cache, out, overwrite_output_dir="true"), code=2))
+    assert "it holds files normgpt did not write (code, thesis.tex)" in message
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+
+
+@pytest.mark.parametrize("where", ["cwd", "parent", "home"])
+def test_overwrite_refuses_the_working_directory_its_parents_and_home(corpus, cache, tmp_path, where):
+    work = tmp_path / "home" / "work"
+    work.mkdir(parents=True)
+    target = {"cwd": work, "parent": work.parent, "home": tmp_path / "home"}[where]
+    (target / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')  # it looks like a run directory
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    given = "." if where == "cwd" else str(target)
+    proc = run(command(corpus, cache, Path(given), overwrite_output_dir="true"), code=2, cwd=work, env=env)
+    assert "--overwrite_output_dir refuses" in error_line(proc)
+    assert (target / "metrics.jsonl").is_file()
+
+
+def test_overwrite_replaces_a_run_directory_and_only_its_files(corpus, cache, finished, tmp_path):
+    out = copy_run(finished, tmp_path / "run")
+    old_metrics = (out / "metrics.jsonl").read_bytes()
+    run(command(corpus, cache, out, overwrite_output_dir="true", max_steps=4, save_steps=0))
+    assert (out / "metrics.jsonl").read_bytes() != old_metrics
+    assert not list(out.glob("checkpoint-*")) and summary(out).steps == 4
+
+
+def test_output_dir_that_is_a_file_or_cannot_be_created_is_refused_before_data_work(cache, tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    never_read = tmp_path / "no-such-dataset"  # the data error would come first if the output check came later
+    message = error_line(run(command(never_read, cache, a_file), code=2))
+    assert message == f"output_dir '{a_file}' is a file, not a directory; pass a directory path"
+    message = error_line(run(command(never_read, cache, a_file / "run"), code=2))
+    assert "cannot be created" in message and a_file.read_text() == "x"
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only directories")
+def test_read_only_output_dir_is_refused(cache, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert "is not writable" in error_line(run(command(tmp_path / "nope", cache, ro / "run"), code=2))
+    finally:
+        ro.chmod(0o755)
+
+
+def test_two_runs_into_one_directory_the_second_fails_at_once(corpus, cache, tmp_path):
+    out = tmp_path / "shared"
+    first = start(command(corpus, cache, out, max_steps=400, save_steps=0, eval_steps=0))
+    try:
+        wait_for_step(out, 2, first)
+        second = run(command(corpus, cache, out, overwrite_output_dir="true"), code=2)
+        assert "is in use by another normgpt run" in error_line(second)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=120)
+    steps = [r["step"] for r in MetricsLog(out / "metrics.jsonl").rows() if "loss" in r]
+    assert steps == list(range(1, len(steps) + 1))  # one run's rows, in order, none interleaved
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Non-finite values never reach the weights or a checkpoint
+
+
+def test_non_finite_steps_are_skipped_and_stop_the_run_within_a_step(corpus, cache, tmp_path):
+    out = tmp_path / "nan"
+    proc = run(
+        command(corpus, cache, out, learning_rate=1e3, warmup_steps=0, logging_steps=10, save_steps=1, max_steps=200)
+    )
+    s = summary(out)
+    assert s.status is RunStatus.DIVERGED and "non-finite gradient norm" in s.stop_reason, proc.stdout[-500:]
+    first_bad = min(r["step"] for r in MetricsLog(out / "metrics.jsonl").rows() if r.get("loss") is None and "lr" in r)
+    assert s.steps <= first_bad + 10  # patience 10, then at most one step late
+    assert s.skipped_steps >= 10
+    kept = ckpt.list_checkpoints(out)
+    assert kept, "the newest finite checkpoints must survive rotation"
+    for _, path in kept:
+        assert all(torch.isfinite(t).all() for t in load_file(path / "model.safetensors").values()), path
+    for name in ("summary.json", "metrics.jsonl"):
+        text = (out / name).read_text()
+        for line in text.splitlines() if name.endswith("jsonl") else [text]:
+            strict_json(line)  # non-finite numbers are null, never a bare NaN
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Damaged and hostile checkpoints
+
+
+class Payload:
+    """Unpickling this runs code: it creates the file named by `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def plant(path: Path, marker: Path) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(Payload(marker), f)
+
+
+def checkpoint_files() -> list[str]:
+    return ["model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "trainer_state.json"]
+
+
+@pytest.mark.parametrize("name", checkpoint_files())
+def test_a_payload_in_any_checkpoint_file_runs_nothing_and_is_refused(corpus, cache, finished, tmp_path, name):
+    out = copy_run(finished, tmp_path / "run")
+    marker = tmp_path / "PWNED"
+    target = out / "checkpoint-6" / name
+    plant(target, marker)
+    before = (out / "summary.json").read_bytes()
+    proc = run(command(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-6")), code=2)
+    assert f"'{target}' does not match the checkpoint's manifest" in error_line(proc)
+    # An attacker who also rewrites the manifest gets no further: the unpickler loads plain data only.
+    ckpt.write_manifest(out / "checkpoint-6", 6)
+    proc = run(command(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-6")), code=2)
+    assert str(target) in error_line(proc)
+    assert not marker.exists()
+    assert (out / "summary.json").read_bytes() == before
+
+
+def test_random_bytes_in_the_optimizer_state_are_refused_naming_the_file(corpus, cache, finished, tmp_path):
+    out = copy_run(finished, tmp_path / "run")
+    with open(out / "checkpoint-12" / "optimizer.bin", "ab") as f:
+        f.write(os.urandom(4096))
+    before = (out / "summary.json").read_bytes()
+    proc = run(command(corpus, cache, out, resume_from_checkpoint="latest", max_steps=20), code=2)
+    assert "optimizer.bin' does not match the checkpoint's manifest" in error_line(proc)
+    assert (out / "summary.json").read_bytes() == before
+
+
+def test_legacy_checkpoint_with_a_hostile_pickle_runs_nothing(corpus, cache, tmp_path):
+    """Checkpoints of normgpt < 0.2 have no manifest: the weights-only unpickler is what protects them."""
+    out = tmp_path / "legacy"
+    shutil.copytree(Path(__file__).parent / "data" / "legacy_run", out)
+    marker = tmp_path / "PWNED"
+    plant(out / "checkpoint-6" / "custom_checkpoint_1.pkl", marker)
+    proc = run(command(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-6")), code=2)
+    assert "custom_checkpoint_1.pkl" in error_line(proc) and "not a plain-data checkpoint file" in error_line(proc)
+    assert not marker.exists()
+
+
+def test_latest_skips_an_incomplete_checkpoint_and_a_path_to_one_is_refused(corpus, cache, finished, tmp_path):
+    out = copy_run(finished, tmp_path / "run")
+    (out / "checkpoint-99").mkdir()
+    assert ckpt.resolve_checkpoint("latest", out) == out / "checkpoint-12"
+    proc = run(command(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-99")), code=2)
+    assert "has no manifest.json (it was never completely written)" in error_line(proc)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Resume integrity
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"hidden_size": 64}, "hidden_size 32 -> 64"),
+        ({"norm": "layer"}, "norm_type 'rms' -> 'layer'"),
+        ({"per_device_train_batch_size": 8}, "per_device_train_batch_size 4 -> 8"),
+        ({"learning_rate": 1e-2}, "learning_rate 0.003 -> 0.01"),
+        ({"seed": 1}, "seed 0 -> 1"),
+    ],
+)
+def test_resume_with_different_settings_is_refused_before_anything_is_written(
+    corpus, cache, finished, tmp_path, change, expected
+):
+    out = copy_run(finished, tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    proc = run(command(corpus, cache, out, resume_from_checkpoint="latest", max_steps=20, **change), code=2)
+    message = error_line(proc)
+    assert message.startswith(f"cannot resume from '{out / 'checkpoint-12'}' with different settings: ")
+    assert expected in message
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".normgpt.lock"} == {
+        k: v for k, v in before.items() if k != ".normgpt.lock"
+    }
+
+
+def test_extending_max_steps_resumes(corpus, cache, finished, tmp_path):
+    out = copy_run(finished, tmp_path / "run")
+    run(command(corpus, cache, out, resume_from_checkpoint="latest", max_steps=16))
+    assert list(losses(out)) == list(range(1, 17)) and summary(out).status is RunStatus.COMPLETED
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(corpus, cache, finished, tmp_path):
+    out = copy_run(finished, tmp_path / "run")
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 13, "loss": 4.')  # what a kill mid-write leaves
+    proc = run(command(corpus, cache, out, resume_from_checkpoint="latest", max_steps=14))
+    assert "torn last line" in proc.stderr
+    assert list(losses(out)) == list(range(1, 15))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Preemption
+
+
+def test_sigterm_checkpoints_and_resume_repeats_the_uninterrupted_losses(corpus, cache, tmp_path):
+    common = {"max_steps": 60, "save_steps": 0, "eval_steps": 20}
+    full = tmp_path / "full"
+    run(command(corpus, cache, full, **common))
+    out = tmp_path / "preempted"
+    proc = start(command(corpus, cache, out, **common))
+    wait_for_step(out, 10, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    s = summary(out)
+    assert s.status is RunStatus.INTERRUPTED and "SIGTERM" in s.stop_reason
+    assert ckpt.list_checkpoints(out)[-1][0] == s.steps < 60
+    run(command(corpus, cache, out, resume_from_checkpoint="latest", **common))
+    assert losses(out) == losses(full)
+    assert summary(out).status is summary(full).status and summary(out).status.finished
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ddp_launcher() -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
+
+
+def test_sigterm_under_ddp_stops_every_rank_at_the_same_step_and_resumes_exactly(corpus, cache, tmp_path):
+    common = {"max_steps": 40, "save_steps": 0, "eval_steps": 0}
+    full = tmp_path / "full"
+    run(command(corpus, cache, full, launcher=ddp_launcher(), **common))
+    out = tmp_path / "preempted"
+    proc = start(command(corpus, cache, out, launcher=ddp_launcher(), **common))
+    wait_for_step(out, 8, proc)
+    proc.send_signal(signal.SIGTERM)  # the launcher forwards it to both ranks
+    proc.wait(timeout=120)
+    s = summary(out)
+    assert s.status is RunStatus.INTERRUPTED and s.steps < 40
+    step, path = ckpt.list_checkpoints(out)[-1]
+    assert step == s.steps and sorted(p.name for p in path.glob("random_states_*")) == [
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    ]
+    run(command(corpus, cache, out, launcher=ddp_launcher(), resume_from_checkpoint="latest", **common))
+    assert losses(out) == losses(full)
+
+
+def test_a_run_killed_before_its_first_checkpoint_gets_a_hint_not_a_dead_end(corpus, cache, tmp_path):
+    out = tmp_path / "killed"
+    proc = start(command(corpus, cache, out, max_steps=400, save_steps=0, eval_steps=0))
+    wait_for_step(out, 2, proc)
+    proc.kill()
+    proc.wait()
+    again = error_line(run(command(corpus, cache, out), code=2))
+    assert "(it stopped before its first checkpoint)" in again and "--overwrite_output_dir" in again
+    latest = error_line(run(command(corpus, cache, out, resume_from_checkpoint="latest"), code=2))
+    assert "start it again with --overwrite_output_dir" in latest
+    run(command(corpus, cache, out, overwrite_output_dir="true", max_steps=4, save_steps=0))
+    assert summary(out).status is RunStatus.COMPLETED
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("block_size", 1, "block_size must be >= 2"),
+        ("logging_steps", 0, "logging_steps must be > 0, got 0"),
+        ("learning_rate", "inf", "learning_rate must be a finite number, got inf"),
+        ("max_grad_norm", "nan", "max_grad_norm must be a finite number, got nan"),
+        ("adam_epsilon", -1, "adam_epsilon must be > 0, got -1.0"),
+    ],
+)
+def test_bad_values_are_one_line_before_anything_is_written(corpus, cache, tmp_path, flag, value, message):
+    out = tmp_path / "run"
+    assert message in error_line(run(command(corpus, cache, out, **{flag: value}), code=2))
+    assert not out.exists()
+
+
+def test_json_outputs_are_strict_even_with_non_finite_values(tmp_path):
+    from train.run_directory import MetricsLog as Log
+    from train.run_directory import Summary, dumps_strict
+
+    Log(tmp_path / "m.jsonl").append({"step": 3, "loss": math.nan, "grad_norm": math.inf})
+    row = strict_json((tmp_path / "m.jsonl").read_text())
+    assert row == {"step": 3, "loss": None, "grad_norm": None, "nonfinite": ["loss", "grad_norm"]}
+    s = Summary(status=RunStatus.DIVERGED, steps=3, max_steps=9, max_grad_norm=math.inf)
+    assert strict_json(dumps_strict(s.to_dict()))["max_grad_norm"] is None

@@ -1,0 +1,100 @@
+"""Whether a run may continue a checkpoint: the settings that would break the resume or silently not apply must be
+the ones the checkpoint was trained with.
+
+Compared: the architecture (every model field but `rms_impl`, which picks a kernel, not the numerics), the data
+(dataset fingerprint, tokenizer and split, through the token cache's key) and `block_size`, the batch geometry
+(per-device batch and the global batch; a different process count with the same global batch is fine), the optimizer
+and schedule hyperparameters, and the seed. Everything else (max_steps, logging, evaluation, saving, trackers,
+compile, gradient checkpointing) may change. A longer `--max_steps` re-spreads the cosine decay over the new horizon
+from the resume step on: the learning rate at the resume step jumps from the old schedule's value to the new one's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from model import NormGPTConfig
+from train.config import DEFAULT_VOCAB_SIZE, ConfigError, model_field
+from train.run_directory import DATA_INFO, RUN_CONFIG, read_run_config
+
+MODEL_FREE = ("rms_impl",)
+TRAINING_FIELDS = (
+    "learning_rate",
+    "min_lr_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "seed",
+    "per_device_train_batch_size",
+)
+
+
+def _resolved_model(section: dict[str, Any]) -> dict[str, Any]:
+    """Model fields as the model saw them: a legacy run_config.yaml wrote null for every default."""
+    kwargs = {k: v for k, v in section.items() if v is not None and k != "vocab_size"}
+    config = NormGPTConfig(**kwargs)
+    out = {k: (v if v is not None else model_field(config, k)) for k, v in section.items() if k != "vocab_size"}
+    out["vocab_size"] = section.get("vocab_size") or DEFAULT_VOCAB_SIZE
+    return {k: v for k, v in out.items() if k not in MODEL_FREE}
+
+
+def _global_batch(training: dict[str, Any], processes: int) -> int:
+    return training["per_device_train_batch_size"] * training["gradient_accumulation_steps"] * processes
+
+
+def _saved(checkpoint: Path, state: dict[str, Any]) -> tuple[dict, dict | None, int]:
+    """(sections, data cache key, processes) the checkpoint was trained with; a checkpoint of normgpt < 0.2 holds
+    neither, so the run directory's run_config.yaml and data_info.json stand in."""
+    run_dir = checkpoint.parent
+    sections = state.get("run_config")
+    if sections is None:
+        sections = read_run_config(run_dir / RUN_CONFIG)
+    key = (state.get("data") or {}).get("cache_key")
+    if key is None and (run_dir / DATA_INFO).is_file():
+        key = json.loads((run_dir / DATA_INFO).read_text()).get("cache_key")
+    processes = state.get("num_processes") or state.get("batches", {}).get("world_size", 1)
+    return sections, key, int(processes)
+
+
+def differences(
+    old: dict, new: dict, old_key: dict | None, new_key: dict, old_processes: int, new_processes: int
+) -> list[str]:
+    """'field old -> new' for every setting that must match and does not."""
+    diffs = []
+    old_model, new_model = _resolved_model(old["model"]), _resolved_model(new["model"])
+    diffs += [f"{k} {old_model.get(k)!r} -> {v!r}" for k, v in new_model.items() if old_model.get(k) != v]
+    if old["data"].get("block_size") != new["data"]["block_size"]:
+        diffs.append(f"block_size {old['data'].get('block_size')!r} -> {new['data']['block_size']!r}")
+    if old_key is not None and old_key != new_key:
+        changed = sorted(k for k in set(old_key) | set(new_key) if old_key.get(k) != new_key.get(k))
+        diffs.append(f"data ({', '.join(changed)} of the token cache key) differs")
+    diffs += [
+        f"{k} {old['training'].get(k)!r} -> {new['training'][k]!r}"
+        for k in TRAINING_FIELDS
+        if old["training"].get(k) != new["training"][k]
+    ]
+    old_batch, new_batch = _global_batch(old["training"], old_processes), _global_batch(new["training"], new_processes)
+    if old_batch != new_batch:
+        diffs.append(f"global batch (sequences per step over all processes) {old_batch} -> {new_batch}")
+    return diffs
+
+
+def check_resume_config(
+    checkpoint: Path, state: dict[str, Any], sections: dict, data_key: dict, processes: int
+) -> None:
+    """Raise ConfigError (one line listing every difference) unless this run may continue `checkpoint`."""
+    try:
+        old, old_key, old_processes = _saved(Path(checkpoint), state)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot tell which settings '{checkpoint}' was trained with: {err}") from None
+    diffs = differences(old, sections, old_key, data_key, old_processes, processes)
+    if diffs:
+        raise ConfigError(
+            f"cannot resume from '{checkpoint}' with different settings: {'; '.join(diffs)}; resume with the "
+            "checkpoint's settings, or start a new run in another --output_dir"
+        )

@@ -1,0 +1,825 @@
+"""The training loop as a small object: setup, one optimizer step, logging, evaluation, checkpointing, finish.
+
+Everything the run leaves goes through `train/run_directory.py` (metrics, summary, config), `train/checkpoints.py`
+(checkpoints) and `train/output_dir.py` (claiming and locking the directory). The model knows nothing of any of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, ProjectConfiguration, broadcast_object_list, set_seed
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm.auto import tqdm
+
+from model import NormGPTForCausalLM
+from model.norms import Norm, describe_norms
+from train import checkpoints as ckpt
+from train import output_dir as outdir
+from train.config import DEFAULT_VOCAB_SIZE, ConfigError, RunConfig
+from train.data import PreparedData, TokenBatches, eval_batches, prepare_data
+from train.flops import flops_per_token, matmul_parameters, peak_flops
+from train.plots import plot_loss_curve
+from train.resume import check_resume_config
+from train.run_directory import (
+    DATA_INFO,
+    LOSS_CURVE,
+    METRICS,
+    RUN_CONFIG,
+    SAMPLE,
+    MetricsLog,
+    RunStatus,
+    Summary,
+    device_name,
+    write_json,
+    write_run_config,
+)
+from train.stability import (
+    DivergenceMonitor,
+    NonFiniteGuard,
+    PlateauDetector,
+    SpikeDetector,
+    attention_logit_probe,
+    block_sq_sums,
+    residual_rms,
+    snapshot_blocks,
+    unigram_entropy,
+    update_sq_sums,
+)
+
+SUMMARY_MODEL_FIELDS = (
+    "norm_type",
+    "norm_placement",
+    "qk_norm",
+    "z_loss",
+    "rms_norm_eps",
+    "rms_impl",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "hidden_act",
+    "vocab_size",
+)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+@dataclass
+class TrainerState:
+    """Progress that is not in the model, optimizer or scheduler; saved in every checkpoint."""
+
+    step: int = 0  # optimizer steps completed (skipped non-finite steps included)
+    tokens: int = 0  # training tokens seen, all processes together
+    elapsed: float = 0.0  # seconds of training so far, summed over resumed segments
+    init_val_loss: float | None = None  # validation loss of the initial weights (step 0)
+    best_val_loss: float | None = None
+    max_grad_norm: float = 0.0  # largest finite pre-clipping gradient norm of any step
+    max_attn_logit: float | None = None  # largest attention logit any probe saw
+    last_train_loss: float | None = None  # training loss of the last logged step
+
+    def load(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            if key in self.__dataclass_fields__:
+                setattr(self, key, value)
+
+
+@dataclass
+class LogWindow:
+    """Per-step device values between two logging rows: read from the device once per row, not once per step."""
+
+    losses: list[torch.Tensor] = field(default_factory=list)
+    grad_norms: list[torch.Tensor] = field(default_factory=list)
+    tokens: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, tokens: int) -> None:
+        self.losses.append(loss)
+        self.grad_norms.append(grad_norm.detach().float().reshape(()))
+        self.tokens += tokens
+
+    def drain(self, accelerator: Accelerator) -> tuple[list[float], float | None, float]:
+        """(every step's loss averaged over processes, the largest finite grad norm, tokens/s) since the last row."""
+        losses = accelerator.reduce(torch.stack(self.losses), reduction="mean").tolist()
+        norms = [n for n in torch.stack(self.grad_norms).tolist() if math.isfinite(n)]
+        now = time.perf_counter()
+        tokens_per_sec = self.tokens / max(now - self.start, 1e-9)
+        self.losses, self.grad_norms, self.tokens, self.start = [], [], 0, now
+        return losses, max(norms) if norms else None, tokens_per_sec
+
+
+class LaggedReadback:
+    """Copies a small device vector to the host each step and reads the copy of the step before, which by then is
+    complete: the host learns of an event one step late, and never waits for the device queue to drain. On the CPU
+    nothing is asynchronous and the current value is read."""
+
+    def __init__(self, device: torch.device, size: int) -> None:
+        self.cuda = device.type == "cuda"
+        self.buffers = [torch.zeros(size, dtype=torch.int64, pin_memory=self.cuda) for _ in range(2)]
+        self.events: list[Any] = [None, None]
+        self.pushes = 0
+
+    def push(self, values: torch.Tensor) -> None:
+        slot = self.pushes % 2
+        self.buffers[slot].copy_(values, non_blocking=True)
+        if self.cuda:
+            self.events[slot] = torch.cuda.Event()
+            self.events[slot].record()
+        self.pushes += 1
+
+    def previous(self) -> list[int]:
+        lag = 2 if self.cuda and self.pushes > 1 else 1
+        slot = (self.pushes - lag) % 2
+        if self.events[slot] is not None:
+            self.events[slot].synchronize()
+        return self.buffers[slot].tolist()
+
+
+def lr_lambda(warmup_steps: int, max_steps: int, min_lr_ratio: float):
+    """Linear warm-up from ~0 to the peak, then cosine decay to `min_lr_ratio` of it at `max_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay only the matrices of linear layers. Norm gains, biases and embeddings are not decayed: pulling a norm
+    gain toward 0 fights the norm, and the (tied) embedding is a lookup table, not a projection."""
+    no_decay_ids = {id(p) for m in model.modules() if isinstance(m, (Norm, torch.nn.Embedding)) for p in m.parameters()}
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (no_decay if id(p) in no_decay_ids or p.ndim < 2 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def use_cpu_cores(accelerator: Accelerator) -> None:
+    """`accelerate launch` sets OMP_NUM_THREADS=1 unless its config says the run is CPU-only, which halves a CPU run
+    on two cores. On the CPU, split the cores among this machine's processes instead (NORMGPT_CPU_THREADS overrides).
+    """
+    if accelerator.device.type != "cpu":
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    torch.set_num_threads(int(os.environ.get("NORMGPT_CPU_THREADS", max(1, cores // local_processes))))
+
+
+def resolve_output_dir(run: RunConfig, state: PartialState) -> Path:
+    """Every process must agree on the directory, so the main process picks a timestamped default and broadcasts."""
+    chosen = [run.training.output_dir]
+    if chosen[0] is None and state.is_main_process:
+        stem = Path(run.config_file).stem
+        norm = run.model.norm_type or "rms"
+        chosen[0] = f"runs/{stem}-{norm}-{datetime.now():%Y%m%d-%H%M%S}"
+    if state.num_processes > 1:
+        broadcast_object_list(chosen)
+    return Path(chosen[0])
+
+
+class Trainer:
+    """Call `setup()`, then `train()`, which returns the run's Summary. `interrupted_by` is the signal that stopped
+    the run, if one did."""
+
+    def __init__(self, run: RunConfig) -> None:
+        self.run = run
+        self.args = run.training
+        self.interrupted_by: int | None = None
+        self._signal_seen: int | None = None
+        self._stop_sent = False
+        self.skipped_steps = 0
+        self.lock: outdir.OutputLock | None = None
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Setup
+
+    def setup(self) -> None:
+        self._setup_accelerator()
+        self._claim_output_dir()
+        try:
+            self._setup_data_and_config()
+            self._setup_model_and_optimizer()
+            self._setup_loop_state()
+        except BaseException:
+            if self.lock is not None and not self._wrote_anything:
+                self.lock.abandon()
+            raise
+
+    def _setup_accelerator(self) -> None:
+        args = self.args
+        self.log_with = {"none": None, "all": ["wandb", "tensorboard"]}.get(args.report_to, [args.report_to])
+        # accelerate only forms a multi-process CPU group (gloo) when told to use the CPU; without this, two launched
+        # processes on a machine with no GPU would each train alone.
+        cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+        # The process group comes first: every process must agree on output_dir, which the trackers need at creation.
+        self.output_dir = resolve_output_dir(self.run, PartialState(cpu=cpu))
+        self.accelerator = Accelerator(
+            cpu=cpu,
+            log_with=self.log_with,
+            project_config=ProjectConfiguration(
+                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "tensorboard")
+            ),
+            dynamo_backend="inductor" if args.torch_compile else None,
+            step_scheduler_with_optimizer=False,
+        )
+        self.is_main = self.accelerator.is_main_process
+        use_cpu_cores(self.accelerator)
+
+    def _claim_output_dir(self) -> None:
+        """Everything about the output directory and the checkpoint that can be checked cheaply, before data work;
+        then the lock, held until the process ends."""
+        args, out = self.args, self.output_dir
+        self._wrote_anything = False
+        outdir.check_path(out)
+        resuming = args.resume_from_checkpoint is not None
+        if not resuming and outdir.holds_run(out):
+            if not args.overwrite_output_dir:
+                hint = "" if ckpt.list_checkpoints(out) else " (it stopped before its first checkpoint)"
+                raise ConfigError(
+                    f"output_dir '{out}' already holds a run{hint}; pass --resume_from_checkpoint latest to continue "
+                    "it, --overwrite_output_dir to replace it, or another --output_dir"
+                )
+            outdir.check_overwrite(out)
+        self.resume_path = ckpt.resolve_checkpoint(args.resume_from_checkpoint, out) if resuming else None
+        if self.is_main:
+            self.lock = outdir.OutputLock(out)
+            self.lock.acquire()
+        if self.resume_path is not None:
+            ckpt.verify(self.resume_path)
+            self.resume_state = ckpt.read_state(self.resume_path)
+
+    def _setup_data_and_config(self) -> None:
+        run, args, accelerator = self.run, self.args, self.accelerator
+        max_positions = run.model_config().max_position_embeddings
+        if run.data.block_size > max_positions:  # checked before any data work: it is a config error
+            raise ConfigError(f"block_size ({run.data.block_size}) exceeds max_position_embeddings ({max_positions})")
+        set_seed(args.seed)
+        bpe_size = run.model.vocab_size or DEFAULT_VOCAB_SIZE
+        self.data: PreparedData = prepare_data(run.data, bpe_size, accelerator.main_process_first)
+        tokenizer = self.data.tokenizer
+        self.config = run.model_config(
+            vocab_size=64 * math.ceil(len(tokenizer) / 64),  # a multiple of 64 keeps the output matmul efficient
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        self.sections = run.resolved(self.config, self.output_dir, Path(self.data.info["cache_path"]).parent)
+        if self.resume_path is not None:
+            check_resume_config(
+                self.resume_path,
+                self.resume_state,
+                self.sections,
+                self.data.info["cache_key"],
+                accelerator.num_processes,
+            )
+        # Only now, with every input checked, is anything in output_dir replaced or written.
+        if self.is_main:
+            if args.overwrite_output_dir and self.resume_path is None:
+                outdir.clear_run(self.output_dir)
+            ckpt.clean_stale_staging(self.output_dir)
+            write_run_config(self.output_dir / RUN_CONFIG, self.sections)
+            write_json(self.output_dir / DATA_INFO, self.data.info)
+        self._wrote_anything = True
+        accelerator.wait_for_everyone()
+
+    def _setup_model_and_optimizer(self) -> None:
+        args, accelerator = self.args, self.accelerator
+        model = NormGPTForCausalLM(self.config)
+        if args.gradient_checkpointing:
+            model.activation_checkpointing_enable()  # non-reentrant: works under DDP, compile and the probes
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self.flops_per_token = flops_per_token(
+            matmul_parameters(model), self.config.num_hidden_layers, self.config.hidden_size, self.run.data.block_size
+        )
+        optimizer = torch.optim.AdamW(
+            param_groups(model, args.weight_decay),
+            lr=args.learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon,
+            # On CUDA the fused kernel skips a non-finite step on the device (found_inf, as GradScaler uses it); on
+            # the CPU nothing is asynchronous, so reading the flag costs nothing and the plain kernel is kept.
+            fused=self.accelerator.device.type == "cuda",
+        )
+        scheduler = LambdaLR(optimizer, lr_lambda(args.warmup_steps, args.max_steps, args.min_lr_ratio))
+        self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
+        self.unwrapped = accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        # A compiled forward skips hooks added after compilation: probing steps run the same module uncompiled.
+        self.eager_model = getattr(self.model, "_orig_mod", self.model)
+        self.blocks = self.unwrapped.model.layers
+
+    def _setup_loop_state(self) -> None:
+        args, accelerator, data = self.args, self.accelerator, self.data
+        self.tokens_per_step = (
+            args.per_device_train_batch_size
+            * self.run.data.block_size
+            * args.gradient_accumulation_steps
+            * accelerator.num_processes
+        )
+        self.batches = TokenBatches(
+            data.train,
+            self.run.data.block_size,
+            args.per_device_train_batch_size,
+            args.seed,
+            accelerator.process_index,
+            accelerator.num_processes,
+        )
+        self.state = TrainerState()
+        self.spikes = SpikeDetector()
+        self.divergence = DivergenceMonitor(args.warmup_steps)
+        self.unigram_entropy = unigram_entropy(data.train, len(data.tokenizer))
+        self.plateau = PlateauDetector(self.unigram_entropy, args.warmup_steps, args.max_steps)
+        self.guard = NonFiniteGuard(accelerator.device, args.max_nonfinite_steps)
+        self.readback = LaggedReadback(accelerator.device, 3)
+        self.stop_flag = torch.zeros((), dtype=torch.int64, device=accelerator.device)
+        self.metrics = MetricsLog(self.output_dir / METRICS, enabled=self.is_main)
+        self.window = LogWindow()
+        if self.resume_path is not None:
+            self._load_checkpoint()
+        if self.log_with:
+            self.accelerator.init_trackers(
+                "normgpt",
+                config={f"{s}.{k}": v for s, d in self.sections.items() for k, v in d.items()},
+                init_kwargs={"wandb": {"name": args.run_name or self.output_dir.name, "dir": str(self.output_dir)}},
+            )
+        device = accelerator.device
+        self.peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+        accelerator.print(
+            f"normgpt: {self.n_params / 1e6:.2f}M parameters, norm={self.config.norm_type}, "
+            f"{accelerator.num_processes} process(es) on {device.type}, {self.tokens_per_step} tokens/step, "
+            f"output_dir={self.output_dir}"
+        )
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def _state_dict(self) -> dict[str, Any]:
+        return {
+            "format": ckpt.FORMAT,
+            "trainer": asdict(self.state),
+            "batches": self.batches.state_dict(),
+            "spikes": self.spikes.state_dict(),
+            "divergence": self.divergence.state_dict(),
+            "plateau": self.plateau.state_dict(),
+            "nonfinite": self.guard.state_dict(),
+            "num_processes": self.accelerator.num_processes,
+            "run_config": self.sections,
+            "data": {"cache_key": self.data.info["cache_key"], "fingerprint": self.data.info["fingerprint"]},
+        }
+
+    def _load_checkpoint(self) -> None:
+        state = self.resume_state
+        self.accelerator.load_state(str(self.resume_path))
+        # Param groups come back with the saving run's kernel choice; keep this device's.
+        fused = self.accelerator.device.type == "cuda"
+        for group in self.optimizer.param_groups:
+            group["fused"], group["foreach"] = fused, None if fused else group["foreach"]
+        self.state.load(state["trainer"])
+        self.batches.load_state_dict(state["batches"])
+        self.spikes.load_state_dict(state["spikes"])
+        self.divergence.load_state_dict(state["divergence"])
+        if "plateau" in state:
+            self.plateau.load_state_dict(state["plateau"])
+        if "nonfinite" in state:
+            self.guard.load_state_dict(state["nonfinite"])
+        self.metrics.truncate_after(self.state.step)
+        self.accelerator.print(f"resumed from {self.resume_path} at step {self.state.step}")
+
+    def _weights_finite(self) -> bool:
+        finite = torch.stack([torch.isfinite(p.detach()).all() for p in self.model.parameters()]).all()
+        return bool(self.accelerator.reduce(finite.to(torch.int64).reshape(1), reduction="sum").item()) == bool(
+            self.accelerator.num_processes
+        )
+
+    def save_checkpoint(self) -> bool:
+        """Write checkpoint-<step> (staged, then renamed) and rotate; False, writing nothing, if any weight is not
+        finite: a checkpoint is never poisoned."""
+        if not self._weights_finite():
+            return False
+        accelerator = self.accelerator
+        final = self.output_dir / f"checkpoint-{self.state.step}"
+        staging = ckpt.staging_dir(final)
+        if self.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()
+        if self.is_main:
+            write_json(staging / ckpt.STATE, self._state_dict())
+            ckpt.write_manifest(staging, self.state.step)
+            ckpt.publish(staging, final)
+            ckpt.rotate(self.output_dir, self.args.save_total_limit)
+        accelerator.wait_for_everyone()
+        return True
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Signals
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signal_seen = signum
+        signal.signal(signum, signal.SIG_DFL)  # a second signal of the same kind ends the process at once
+
+    def _install_signal_handlers(self) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # The loop
+
+    def train(self) -> Summary:
+        self._install_signal_handlers()
+        try:
+            return self._loop()
+        except Exception as err:
+            self._write_failed_summary(err)
+            raise
+        finally:
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            if self.lock is not None:
+                self.lock.release()
+
+    def _loop(self) -> Summary:
+        args, state = self.args, self.state
+        if state.step == 0:
+            self._log({"step": 0, "unigram_entropy": self.unigram_entropy})
+            if self.has_val:
+                state.init_val_loss = self.evaluate()
+        self.model.train()
+        bar = tqdm(total=args.max_steps, initial=state.step, disable=not self.is_main, desc="train", dynamic_ncols=True)
+        self.segment_start, self.elapsed_before = time.perf_counter(), state.elapsed
+        self.window = LogWindow()
+        stop: tuple[RunStatus, str] | None = None
+        while state.step < args.max_steps and stop is None:
+            log_now = (state.step + 1) % args.logging_steps == 0 or state.step + 1 == args.max_steps
+            probes = self.train_step(probing=log_now and args.stability_metrics)
+            bar.update(1)
+            stop = self._stop_requested()
+            if log_now or stop is not None:
+                stop = self.log_step(probes, bar) or stop
+            if stop is None and self._due(args.eval_steps) and state.step < args.max_steps and self.has_val:
+                val_loss = self.evaluate()
+                if self.is_main:
+                    bar.write(f"step {state.step}: val_loss {val_loss:.4f}")
+            if stop is None and self._due(args.save_steps):
+                if not self.save_checkpoint():
+                    stop = (RunStatus.DIVERGED, f"weights became non-finite by step {state.step}")
+        bar.close()
+        return self.finish(stop)
+
+    @property
+    def has_val(self) -> bool:
+        return len(self.data.val) > 0  # --validation_split_percentage 0 trains without evaluation
+
+    def _due(self, every: int) -> bool:
+        return bool(every) and self.state.step % every == 0
+
+    def train_step(self, probing: bool) -> dict[str, Any] | None:
+        """One optimizer step over `gradient_accumulation_steps` micro-batches. A step whose gradient norm is not
+        finite is not applied (on the device). Returns the probes' values on probing steps."""
+        args, accelerator, state = self.args, self.accelerator, self.state
+        accumulation = args.gradient_accumulation_steps
+        step_loss = torch.zeros((), device=accelerator.device)
+        for micro in range(accumulation):
+            input_ids = self.batches.next_batch().to(accelerator.device, non_blocking=True)
+            last = micro == accumulation - 1
+            # Skip the gradient all-reduce on all but the last micro-batch of the step.
+            with contextlib.nullcontext() if last else accelerator.no_sync(self.model):
+                out, probes = self._forward(input_ids, probing and last)
+                accelerator.backward(out.loss / accumulation)
+            step_loss += out.loss.detach() / accumulation
+        if probing:
+            probes |= self._probe_before_update(out)
+        # Norm of the full gradient before clipping (inf: measure without clipping).
+        grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm or float("inf"))
+        self.lr = self.scheduler.get_last_lr()[0]
+        self._optimizer_step(self.guard.check(grad_norm))
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._push_flags()
+        state.step += 1
+        state.tokens += self.tokens_per_step
+        state.elapsed = self.elapsed_before + time.perf_counter() - self.segment_start
+        self.window.add(step_loss, grad_norm, self.tokens_per_step)
+        self.grad_norm = grad_norm
+        if probing:
+            probes |= self._probe_after_update(probes.pop("before"))
+        return probes if probing else None
+
+    def _optimizer_step(self, found_inf: torch.Tensor) -> None:
+        """Apply the step unless `found_inf`: on the device for the fused kernel, on the host otherwise (CPU)."""
+        inner = self.optimizer.optimizer
+        if inner.param_groups[0].get("fused"):
+            inner.found_inf = found_inf
+            self.optimizer.step()
+        elif not found_inf.item():
+            self.optimizer.step()
+
+    def _forward(self, input_ids: torch.Tensor, probe: bool):
+        if not probe:
+            return self.model(input_ids=input_ids, labels=input_ids, use_cache=False), None
+        with attention_logit_probe(self.blocks) as logits:
+            out = self.eager_model(input_ids=input_ids, labels=input_ids, use_cache=False, output_hidden_states=True)
+        return out, {"attn_logit_max": logits, "resid_rms": residual_rms(out.hidden_states)}
+
+    def _block_norms(self, sq_sums: torch.Tensor) -> list[float]:
+        if self.accelerator.distributed_type == DistributedType.FSDP:  # per-shard partial sums
+            sq_sums = self.accelerator.reduce(sq_sums.to(self.accelerator.device), reduction="sum")
+        return [round(v, 6) for v in sq_sums.sqrt().tolist()]
+
+    def _probe_before_update(self, out) -> dict[str, Any]:
+        return {
+            "grad_norm_blocks": self._block_norms(block_sq_sums(self.blocks, "grad")),
+            "before": snapshot_blocks(self.blocks),
+            "log_z": torch.logsumexp(out.logits.detach().float(), dim=-1).mean(),
+        }
+
+    def _probe_after_update(self, before: list[list[torch.Tensor]]) -> dict[str, Any]:
+        # ratio of L2 norms = ratio of RMS: both sums run over the same elements
+        weight_norm = self._block_norms(block_sq_sums(self.blocks, "param"))
+        update_norm = self._block_norms(update_sq_sums(self.blocks, before))
+        return {
+            "update_ratio_blocks": [round(u / max(w, 1e-12), 8) for u, w in zip(update_norm, weight_norm, strict=True)]
+        }
+
+    def _push_flags(self) -> None:
+        if self._signal_seen is not None and not self._stop_sent:
+            self.stop_flag.fill_(self._signal_seen)
+            self._stop_sent = True
+        flags = torch.stack([self.guard.streak, self.guard.total, self.stop_flag])
+        if self.accelerator.num_processes > 1:
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        self.readback.push(flags)
+
+    def _stop_requested(self) -> tuple[RunStatus, str] | None:
+        """A stop decided on flags one step old (see LaggedReadback), identical on every rank."""
+        streak, self.skipped_steps, signum = self.readback.previous()
+        if reason := self.guard.diverged(streak, self.state.step):
+            return RunStatus.DIVERGED, reason
+        if signum:
+            self.interrupted_by = signum
+            name = signal.Signals(signum).name
+            return RunStatus.INTERRUPTED, f"received {name}; stopped after step {self.state.step}"
+        return None
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Logging and evaluation
+
+    def _log(self, row: dict[str, Any]) -> None:
+        self.metrics.append(row)
+        if self.log_with:
+            # Trackers take scalars: per-block lists become one curve per block ("resid_rms/3").
+            scalars = {}
+            for key, value in row.items():
+                if isinstance(value, list):
+                    scalars |= {f"{key}/{i}": v for i, v in enumerate(value)} if key != "spikes" else {}
+                elif key != "step" and value is not None:
+                    scalars[key] = value
+            self.accelerator.log(scalars, step=row["step"])
+
+    def log_step(self, probes: dict[str, Any] | None, bar) -> tuple[RunStatus, str] | None:
+        """Read the window's losses (one synchronisation), feed the detectors, write the row. Returns a stop when
+        the divergence rule fired."""
+        state = self.state
+        losses, max_norm, tokens_per_sec = self.window.drain(self.accelerator)
+        first = state.step - len(losses) + 1
+        new_spikes = [first + i for i, value in enumerate(losses) if self.spikes.update(first + i, value)]
+        diverged = None
+        for i, value in enumerate(losses):
+            diverged = diverged or self.divergence.update(first + i, value)
+            self.plateau.update(first + i, value)
+        if max_norm is not None:
+            state.max_grad_norm = max(state.max_grad_norm, max_norm)
+        state.last_train_loss = losses[-1]
+        row = {
+            "step": state.step,
+            "loss": losses[-1],
+            "lr": self.lr,
+            "grad_norm": float(self.grad_norm),
+            "tokens": state.tokens,
+            "tokens_per_sec": round(tokens_per_sec, 1),
+            "elapsed": round(state.elapsed, 3),
+        }
+        postfix = {"loss": f"{losses[-1]:.3f}", "lr": f"{self.lr:.2e}", "tok/s": f"{tokens_per_sec:,.0f}"}
+        if self.peak is not None:
+            row["mfu"] = round(tokens_per_sec * self.flops_per_token / (self.peak * self.accelerator.num_processes), 4)
+            postfix["mfu"] = f"{row['mfu']:.1%}"
+        if probes is not None:
+            row |= self._probe_row(probes)
+        row |= {"spike_count": len(self.spikes.spike_steps), "spikes": new_spikes, "skipped_steps": self.skipped_steps}
+        self._log(row)
+        bar.set_postfix(postfix, refresh=False)
+        if diverged:
+            self._log({"step": state.step, "diverged": True, "reason": diverged})
+            return RunStatus.DIVERGED, diverged
+        return None
+
+    def _probe_row(self, probes: dict[str, Any]) -> dict[str, Any]:
+        attn_max = [float(v) for v in torch.stack(probes["attn_logit_max"]).tolist()]
+        seen = [self.state.max_attn_logit] if self.state.max_attn_logit is not None else []
+        self.state.max_attn_logit = max(attn_max + seen)
+        return {
+            "grad_norm_blocks": probes["grad_norm_blocks"],
+            "update_ratio_blocks": probes["update_ratio_blocks"],
+            "resid_rms": [round(v, 5) for v in probes["resid_rms"].tolist()],
+            "attn_logit_max": [round(v, 4) for v in attn_max],
+            "log_z": round(probes["log_z"].item(), 5),
+        }
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over a fixed set of validation windows, averaged over all processes; logged as a row."""
+        accelerator, run = self.accelerator, self.run
+        self.model.eval()
+        total = torch.zeros(2, device=accelerator.device)  # [sum of losses, number of batches]
+        for batch in eval_batches(
+            self.data.val,
+            run.data.block_size,
+            self.args.per_device_eval_batch_size,
+            self.args.max_eval_batches,
+            accelerator.process_index,
+            accelerator.num_processes,
+        ):
+            batch = batch.to(accelerator.device)
+            loss = self.model(input_ids=batch, labels=batch, use_cache=False).loss.float()
+            total += torch.stack([loss, total.new_ones(())])
+        self.model.train()
+        total = accelerator.reduce(total, reduction="sum")
+        val_loss = (total[0] / total[1].clamp(min=1)).item()
+        if math.isfinite(val_loss) and self.state.step > 0:
+            self.state.best_val_loss = min(val_loss, self.state.best_val_loss or math.inf)
+        self._log(
+            {
+                "step": self.state.step,
+                "val_loss": val_loss,
+                "tokens": self.state.tokens,
+                "elapsed": round(self.state.elapsed, 3),
+            }
+        )
+        return val_loss
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Finish
+
+    def finish(self, stop: tuple[RunStatus, str] | None) -> Summary:
+        status, reason = stop or (RunStatus.COMPLETED, None)
+        final_val_loss = None
+        if status is RunStatus.COMPLETED:
+            final_val_loss = self.evaluate() if self.has_val else None
+            if why := self.plateau.stalled():
+                status, reason = RunStatus.STALLED, why
+            check_ranks_agree(self.model, self.accelerator)
+            save_final_model(self.model, self.accelerator, self.data, self.output_dir)
+        elif status is RunStatus.INTERRUPTED and not self.save_checkpoint():
+            reason += "; no checkpoint written: the weights are not finite"
+        if status in (RunStatus.DIVERGED, RunStatus.STALLED):
+            self.accelerator.print(f"{status}: {reason}; at step {self.state.step} of {self.args.max_steps}")
+        summary = self._summary(status, reason, final_val_loss)
+        if self.is_main:
+            self._write_outputs(summary)
+        self.accelerator.end_training()
+        return summary
+
+    def _summary(self, status: RunStatus, reason: str | None, final_val_loss: float | None) -> Summary:
+        state, config = self.state, self.config
+        return Summary(
+            status=status,
+            steps=state.step,
+            max_steps=self.args.max_steps,
+            stop_reason=reason,
+            stop_step=state.step if status in (RunStatus.DIVERGED, RunStatus.INTERRUPTED) else None,
+            init_val_loss=state.init_val_loss,
+            final_val_loss=final_val_loss,
+            best_val_loss=state.best_val_loss,
+            final_train_loss=state.last_train_loss,
+            spike_count=len(self.spikes.spike_steps),
+            spike_steps=self.spikes.spike_steps,
+            max_grad_norm=state.max_grad_norm,
+            max_attn_logit=state.max_attn_logit,
+            tokens_per_sec=round(state.tokens / max(state.elapsed, 1e-9), 1),
+            wall_time=round(state.elapsed, 3),
+            num_parameters=self.n_params,
+            device=device_name(self.accelerator.device),
+            num_processes=self.accelerator.num_processes,
+            learning_rate=self.args.learning_rate,
+            seed=self.args.seed,
+            unigram_entropy=self.unigram_entropy,
+            skipped_steps=self.skipped_steps,
+            model={**{k: getattr(config, k) for k in SUMMARY_MODEL_FIELDS}, "norm_numerics": describe_norms(config)},
+        )
+
+    def _write_outputs(self, summary: Summary) -> None:
+        out = self.output_dir
+        summary.write(out)
+        plot_loss_curve(out / METRICS, out / LOSS_CURVE, out.name)
+        finished_model = summary.status in (RunStatus.COMPLETED, RunStatus.STALLED)
+        # An FSDP-sharded model cannot generate from the main process alone.
+        fsdp = self.accelerator.distributed_type == DistributedType.FSDP
+        if finished_model and self.args.sample_max_new_tokens and not fsdp:
+            text = sample_text(self.unwrapped, self.accelerator, self.data, self.args.sample_max_new_tokens)
+            (out / SAMPLE).write_text(text + "\n")
+            print(f"--- sample (greedy) ---\n{text}\n-----------------------")
+        val = summary.final_val_loss
+        final = f"final val_loss {val:.4f}" if val is not None else "no final validation loss"
+        if not self.has_val:
+            final = "no validation split"
+        if summary.status is RunStatus.INTERRUPTED:
+            final = f"interrupted ({summary.stop_reason}); resume with --resume_from_checkpoint latest"
+        print(f"done: {summary.steps} steps, {final}, {summary.wall_time:.1f}s; {summary.status}; run in {out}")
+
+    def _write_failed_summary(self, err: Exception) -> None:
+        """Best effort: a run that crashed says so instead of looking like one still running."""
+        if not self.is_main or not getattr(self, "_wrote_anything", False):
+            return
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        with contextlib.suppress(Exception):
+            Summary(
+                status=RunStatus.FAILED,
+                steps=self.state.step,
+                max_steps=self.args.max_steps,
+                stop_reason=f"{type(err).__name__}: {first}",
+                stop_step=self.state.step,
+            ).write(self.output_dir)
+
+
+def check_ranks_agree(model, accelerator: Accelerator) -> None:
+    """DDP keeps the replicas identical by construction; one all-gather of a parameter fingerprint proves it, and
+    catches a rank that silently trained on something else (a skipped all-reduce, a broken sync)."""
+    if accelerator.num_processes == 1 or accelerator.distributed_type == DistributedType.FSDP:
+        return
+    flat = torch.cat(
+        [p.detach().double().flatten() for p in accelerator.unwrap_model(model, keep_torch_compile=False).parameters()]
+    )
+    fingerprint = torch.stack([flat.sum(), flat.abs().sum(), flat.pow(2).sum()]).to(accelerator.device)
+    everyone = accelerator.gather(fingerprint[None]).cpu()  # [num_processes, 3]
+    if not (everyone == everyone[0]).all():
+        raise RuntimeError(f"ranks disagree after training: parameter fingerprints {everyone.tolist()}")
+    accelerator.print(f"ranks agree: parameters identical on all {accelerator.num_processes} processes")
+
+
+def save_final_model(model, accelerator: Accelerator, data: PreparedData, output_dir: Path) -> None:
+    """Config, safetensors weights, modeling source and tokenizer into `output_dir`, via a staging directory so the
+    run directory never holds a half-written model."""
+    staging = output_dir / ".final.tmp"
+    # Gathers FSDP shards (all processes must call it). A compiled model's keys carry the wrapper's `_orig_mod.`.
+    state_dict = {k.removeprefix("_orig_mod."): v for k, v in accelerator.get_state_dict(model).items()}
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+        # The kernel a run trained with is a speed choice, not part of the model: saved models run anywhere.
+        impl = unwrapped.config.rms_impl
+        unwrapped.config.rms_impl = "auto"
+        unwrapped.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+        unwrapped.config.rms_impl = impl
+        save_tokenizer(data.tokenizer, unwrapped.config.max_position_embeddings, staging)
+        for item in staging.iterdir():
+            target = output_dir / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+        staging.rmdir()
+    accelerator.wait_for_everyone()
+
+
+# Load-time arguments transformers records in init_kwargs; they describe how this process loaded the tokenizer, not
+# the tokenizer, and would leak into every later load.
+LOAD_ARGUMENTS = ("is_local", "local_files_only", "cache_dir", "token", "revision", "_commit_hash", "trust_remote_code")
+
+
+def save_tokenizer(tokenizer, max_length: int, directory: Path) -> None:
+    """The tokenizer as generation wants it: left padding (a right-padded batch generates after its pads) and the
+    model's context length, without this process's load arguments."""
+    tokenizer.model_max_length = max_length
+    tokenizer.padding_side = "left"
+    for key in LOAD_ARGUMENTS:
+        tokenizer.init_kwargs.pop(key, None)
+    tokenizer.save_pretrained(directory)
+
+
+def sample_text(model, accelerator: Accelerator, data: PreparedData, max_new_tokens: int) -> str:
+    """Greedy continuation of the first tokens of the validation split (of the training split without one): the
+    quickest look at what the model learnt."""
+    source = data.val if len(data.val) >= 16 else data.train
+    model.eval()
+    prompt = torch.as_tensor(source[:16].astype("int64"), device=accelerator.device)[None]
+    with torch.no_grad():
+        out = model.generate(
+            prompt, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=data.tokenizer.eos_token_id
+        )
+    model.train()
+    return data.tokenizer.decode(out[0])
