@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -185,16 +185,31 @@ class Identity(Norm):
         return x
 
 
-# name -> builder(config). The config is a NormGPTConfig; it is typed loosely because configuration_normgpt.py
-# imports this file for the list of names.
-NORMS: dict[str, Callable[[Any], Norm]] = {
-    "rms": lambda config: RMSNorm(config.hidden_size, config.rms_norm_eps, config.rms_impl),
-    "layer": lambda config: LayerNorm(config.hidden_size, config.rms_norm_eps),
-    "layer_nobias": lambda config: LayerNorm(config.hidden_size, config.rms_norm_eps, bias=False),
-    "layer_noaffine": lambda config: LayerNorm(config.hidden_size, config.rms_norm_eps, elementwise_affine=False),
-    "prms": lambda config: PartialRMSNorm(config.hidden_size, config.prms_fraction, config.rms_norm_eps),
-    "dyt": lambda config: DyT(config.hidden_size, config.dyt_alpha_init),
-    "none": lambda config: Identity(),
+class NormSpec(NamedTuple):
+    """A registry entry: how to build the norm from a config, and how reports and model cards name it."""
+
+    build: Callable[[Any], Norm]  # config -> module; the config is a NormGPTConfig (typed loosely: see NORMS)
+    title: str
+    tag: str  # the Hub tag of a model that uses it
+
+
+# configuration_normgpt.py imports this file for the list of names, so the builders take the config untyped.
+NORMS: dict[str, NormSpec] = {
+    "rms": NormSpec(lambda c: RMSNorm(c.hidden_size, c.rms_norm_eps, c.rms_impl), "RMSNorm", "rmsnorm"),
+    "layer": NormSpec(lambda c: LayerNorm(c.hidden_size, c.rms_norm_eps), "LayerNorm (gain and bias)", "layernorm"),
+    "layer_nobias": NormSpec(
+        lambda c: LayerNorm(c.hidden_size, c.rms_norm_eps, bias=False), "LayerNorm (gain, no bias)", "layernorm"
+    ),
+    "layer_noaffine": NormSpec(
+        lambda c: LayerNorm(c.hidden_size, c.rms_norm_eps, elementwise_affine=False),
+        "LayerNorm without parameters (OLMo)",
+        "layernorm",
+    ),
+    "prms": NormSpec(
+        lambda c: PartialRMSNorm(c.hidden_size, c.prms_fraction, c.rms_norm_eps), "partial RMSNorm", "prmsnorm"
+    ),
+    "dyt": NormSpec(lambda c: DyT(c.hidden_size, c.dyt_alpha_init), "Dynamic Tanh (DyT)", "dyt"),
+    "none": NormSpec(lambda c: Identity(), "none (no normalization)", "no-norm"),
 }
 
 
@@ -202,7 +217,7 @@ def build_norm(config: Any) -> Norm:
     """The one place a norm name becomes a module."""
     if config.norm_type not in NORMS:
         raise ValueError(f"unknown norm_type {config.norm_type!r}; valid: {', '.join(NORMS)}")
-    return NORMS[config.norm_type](config)
+    return NORMS[config.norm_type].build(config)
 
 
 def describe_norms(config: Any) -> str:
@@ -217,6 +232,7 @@ def describe_norms(config: Any) -> str:
 __all__ = [
     "NORMS",
     "DyT",
+    "NormSpec",
     "Identity",
     "LayerNorm",
     "Norm",

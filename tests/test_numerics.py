@@ -8,46 +8,21 @@ rounding differences between CPUs with different vector units over 12 steps.
 
 import contextlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from synthetic_corpus import write_corpus
+from trainer_runs import command, run
 
-from train.config import REPO_ROOT
 from train.run_directory import read_jsonl
 
 DATA = Path(__file__).parent / "data"
-TRAIN = str(REPO_ROOT / "train" / "train.py")
-LEGACY_ARGS = {
-    "vocab_size": 320,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "block_size": 32,
-    "max_position_embeddings": 32,
-    "per_device_train_batch_size": 4,
-    "max_steps": 12,
-    "warmup_steps": 3,
-    "learning_rate": 3e-3,
-    "logging_steps": 1,
-    "eval_steps": 6,
-    "max_eval_batches": 2,
-    "seed": 0,
-    "sample_max_new_tokens": 8,
-}
 RTOL = 1e-5
 
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("synthetic"))
-
-
-def legacy_command(corpus: Path, cache: Path, out: Path, **extra) -> list[str]:
-    args = {**LEGACY_ARGS, "dataset": corpus, "cache_dir": cache, "output_dir": out, **extra}
-    return [sys.executable, TRAIN, *(item for k, v in args.items() for item in (f"--{k}", str(v)))]
 
 
 def numbers(rows: list[dict]) -> dict[tuple[int, str], float]:
@@ -64,7 +39,7 @@ def assert_same_numbers(got: dict, expected: dict) -> None:
 @pytest.mark.parametrize(
     "extra, reference",
     [
-        ({"save_steps": 6, "save_total_limit": 2}, DATA / "legacy_run" / "metrics.jsonl"),
+        ({"save_total_limit": 2}, DATA / "legacy_run" / "metrics.jsonl"),
         (
             {"save_steps": 0, "norm": "layer", "norm_placement": "post", "qk_norm": "true"},
             DATA / "legacy_post_metrics.jsonl",
@@ -74,10 +49,7 @@ def assert_same_numbers(got: dict, expected: dict) -> None:
 )
 def test_fixed_seed_run_repeats_the_recorded_numbers(synthetic, tmp_path, extra, reference):
     out = tmp_path / "run"
-    proc = subprocess.run(
-        legacy_command(synthetic, tmp_path / "cache", out, **extra), capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run(command(synthetic, tmp_path / "cache", out, sample_max_new_tokens=8, **extra))
     expected, _ = read_jsonl(reference)
     got, problems = read_jsonl(out / "metrics.jsonl")
     assert not problems
@@ -95,3 +67,17 @@ def test_the_synthetic_corpus_still_makes_the_recorded_cache_key(synthetic, tmp_
     # the entry is named <folder>-<key>: the folder differs (a tmp dir), the key must not
     assert Path(data.info["cache_path"]).name.rsplit("-", 1)[1] == Path(info["cache_path"]).name.rsplit("-", 1)[1]
     assert (len(data.train), len(data.val)) == (info["train_tokens"], info["val_tokens"])
+
+
+def test_a_run_directory_written_before_the_restructure_resumes_with_the_same_numbers(synthetic, tmp_path):
+    """tests/data/legacy_run was written at a551a15, with accelerate's pickled custom state: it still resumes
+    (loading that state with the weights-only unpickler) and repeats its own steps 7-12."""
+    import shutil
+
+    out = tmp_path / "legacy"
+    shutil.copytree(DATA / "legacy_run", out)
+    run(command(synthetic, tmp_path / "cache", out, resume_from_checkpoint=str(out / "checkpoint-6")))
+    expected, _ = read_jsonl(DATA / "legacy_run" / "metrics.jsonl")
+    got, problems = read_jsonl(out / "metrics.jsonl")
+    assert not problems
+    assert_same_numbers(numbers(got), numbers(expected))

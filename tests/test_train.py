@@ -107,12 +107,15 @@ def test_short_run_learns_and_writes_every_output(corpus, cache_dir, tmp_path):
 
     for name in ("loss_curve.png", "run_config.yaml", "data_info.json", "sample.txt", "config.json", "summary.json"):
         assert (out / name).is_file(), name
-    for name in ("model.safetensors", "modeling_normgpt.py", "configuration_normgpt.py", "tokenizer.json"):
+    for name in ("model.safetensors", "tokenizer.json", "README.md", "LICENSE", "export.json"):
         assert (out / name).is_file(), name
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-40"]  # save_total_limit=1
-    assert json.loads((out / "config.json").read_text())["rms_impl"] == "auto"
-    assert "done: 40 steps" in proc.stdout
+    # rms + SwiGLU in pre-norm is exactly Llama: the run directory holds the verified stock export, no remote code
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert not list(out.glob("*.py"))
+    assert json.loads((out / "tokenizer_config.json").read_text())["padding_side"] == "left"
+    assert "done: 40 steps" in proc.stdout and "model: LlamaForCausalLM" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 40
     assert summary["final_val_loss"] == val[2]["val_loss"] and summary["init_val_loss"] == val[0]["val_loss"]
@@ -120,10 +123,11 @@ def test_short_run_learns_and_writes_every_output(corpus, cache_dir, tmp_path):
     # stability probes on every logging row, one value per block
     assert all(len(r["grad_norm_blocks"]) == len(r["resid_rms"]) == len(r["attn_logit_max"]) == 2 for r in train_rows)
 
-    # The run directory is a Hugging Face model + tokenizer.
+    # The run directory is a Hugging Face model + tokenizer that loads with no flags.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(model).__name__ == "LlamaForCausalLM"
     tok = AutoTokenizer.from_pretrained(out)
     ids = tok("def main(", return_tensors="pt").input_ids
     gen = model.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=tok.eos_token_id)
@@ -133,6 +137,17 @@ def test_short_run_learns_and_writes_every_output(corpus, cache_dir, tmp_path):
     # A second run on the same data reuses the token cache.
     info = json.loads((out / "data_info.json").read_text())
     assert info["fingerprint"]
+
+
+def test_a_variant_without_a_stock_class_keeps_the_remote_code_format(corpus, cache_dir, tmp_path):
+    out = tmp_path / "post"
+    proc = run_train(tiny_args(corpus, cache_dir, out, max_steps=4, eval_steps=0, save_steps=0, norm_placement="post"))
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "normgpt" and config["rms_impl"] == "auto"
+    for name in ("modeling_normgpt.py", "configuration_normgpt.py", "norms.py", "rmsnorm_triton.py"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "export.json").read_text())["reason"].startswith("norm_placement=post")
+    assert "model: normgpt remote code" in proc.stdout and "trust_remote_code=True)" in proc.stdout
 
 
 def _wait_for(predicate, proc, timeout=300):

@@ -14,12 +14,15 @@ in `custom_checkpoint_<i>.pkl`) still load, with a warning that their files cann
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +205,22 @@ def read_state(directory: Path) -> dict[str, Any]:
             raise CheckpointError(f"checkpoint '{directory}' has neither {STATE} nor '{path.name}'")
         state[key] = safe_torch_load(path)
     return state
+
+
+@contextlib.contextmanager
+def accelerate_view(directory: Path) -> Iterator[Path]:
+    """The checkpoint as `accelerator.load_state` must see it: without the custom pickles of a legacy checkpoint
+    (accelerate refuses a count that differs from the registered objects, and would unpickle them with code
+    execution allowed; `read_state` has loaded them safely instead). A directory of links, for legacy ones only."""
+    legacy = sorted(directory.glob("custom_checkpoint_*.pkl"))
+    if not legacy:
+        yield directory
+        return
+    with tempfile.TemporaryDirectory(prefix="normgpt-legacy-checkpoint-") as view:
+        for path in directory.iterdir():
+            if path not in legacy:
+                os.symlink(path.resolve(), Path(view) / path.name)
+        yield Path(view)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -16,11 +16,14 @@ from pathlib import Path
 
 import filelock
 
+from train.final_model import EXPORT, STAGING
+from train.hub import model_files
 from train.run_directory import CARD_MARKER, DATA_INFO, LOSS_CURVE, METRICS, RUN_CONFIG, SAMPLE, SUMMARY, holds_run
 
 LOCK = ".normgpt.lock"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Every entry normgpt (the trainer, its trackers, ablate.py, the export) writes into a run directory.
+# Every entry normgpt (the trainer, its trackers, ablate.py, the export) writes into a run directory, besides the
+# model's files (train/hub.py: MODEL_FILE_PATTERNS, and the remote code config.json names).
 OWN_FILES = (
     METRICS,
     RUN_CONFIG,
@@ -30,24 +33,11 @@ OWN_FILES = (
     SAMPLE,
     LOCK,
     "export.json",
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "model-*-of-*.safetensors",
-    "model.safetensors.index.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "*.gguf",
-    "configuration_normgpt.py",
-    "modeling_normgpt.py",
-    "norms.py",
-    "rmsnorm_triton.py",
     "train.log",
     "ablate_error.log",
 )
-OWN_DIRS = ("checkpoint-*", ".final.tmp", ".export.tmp", "tensorboard", "wandb")
+OWN_DIRS = ("checkpoint-*", STAGING, EXPORT, f"{EXPORT}.*", f".{EXPORT}.*.tmp", "tensorboard", "wandb")
+CARD_FILES = ("README.md", "LICENSE")  # normgpt's only when the card says normgpt made it
 
 
 class OutputDirError(ValueError):
@@ -62,9 +52,16 @@ def _is_card(path: Path) -> bool:
 
 
 def _own(entry: Path) -> bool:
-    patterns = OWN_DIRS if entry.is_dir() and not entry.is_symlink() else OWN_FILES
-    if any(fnmatch.fnmatchcase(entry.name, p) for p in patterns):
+    if entry.is_dir() and not entry.is_symlink():
+        return any(fnmatch.fnmatchcase(entry.name, p) for p in OWN_DIRS)
+    if entry.name in CARD_FILES:
+        return _card_file(entry)
+    if any(fnmatch.fnmatchcase(entry.name, p) for p in OWN_FILES) or entry.name in model_files(entry.parent):
         return True
+    return False
+
+
+def _card_file(entry: Path) -> bool:
     if entry.name == "README.md":
         return _is_card(entry)
     if entry.name == "LICENSE":

@@ -81,6 +81,15 @@ class RunStatus(str, enum.Enum):
 # Writing files
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() gives a new file under this process's umask
+
+
 def atomic_write(path: Path, data: str | bytes) -> None:
     """Replace `path` with `data` in one rename: a crash leaves the old file or the new one, never a torn one."""
     path = Path(path)
@@ -101,6 +110,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes it private; the file gets the mode any new file would
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

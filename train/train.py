@@ -6,7 +6,8 @@
 
 Everything the run produces goes to --output_dir (see train/run_directory.py). Exit codes: 0 when the run ended
 (completed, stalled or diverged: summary.json says which), 2 for bad input (one line on stderr, nothing written),
-128 + the signal number when SIGTERM (143), SIGINT (130) or SIGUSR1 (138) stopped it after a checkpoint.
+128 + the signal number when SIGTERM (143), SIGINT (130) or SIGUSR1 (138) stopped it after a checkpoint, and 1
+when the run completed but the --push_to_hub upload failed.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ if __package__ in (None, ""):
 from train.checkpoints import CheckpointError  # noqa: E402
 from train.config import ConfigError, parse_args  # noqa: E402
 from train.data import DataError  # noqa: E402
+from train.hub import HubError  # noqa: E402
 from train.output_dir import OutputDirError  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
 
-BAD_INPUT = (ConfigError, DataError, CheckpointError, OutputDirError)
+BAD_INPUT = (ConfigError, DataError, CheckpointError, OutputDirError, HubError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     except BAD_INPUT as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2
-    return 128 + trainer.interrupted_by if trainer.interrupted_by else 0
+    if trainer.interrupted_by:
+        return 128 + trainer.interrupted_by
+    return 1 if trainer.upload_failed else 0
 
 
 if __name__ == "__main__":

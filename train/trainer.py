@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -29,7 +30,10 @@ from train import checkpoints as ckpt
 from train import output_dir as outdir
 from train.config import DEFAULT_VOCAB_SIZE, ConfigError, RunConfig
 from train.data import PreparedData, TokenBatches, eval_batches, prepare_data
+from train.final_model import clean_stale, sample_text, save_final_model
 from train.flops import flops_per_token, matmul_parameters, peak_flops
+from train.hub import HubError, push_to_hub, resolve_repo_id
+from train.model_card import write_model_card
 from train.plots import plot_loss_curve
 from train.resume import check_resume_config
 from train.run_directory import (
@@ -205,6 +209,8 @@ class Trainer:
         self._stop_sent = False
         self.skipped_steps = 0
         self.lock: outdir.OutputLock | None = None
+        self.export = None
+        self.upload_failed = False
 
     # ---------------------------------------------------------------------------------------------------------------
     # Setup
@@ -263,6 +269,8 @@ class Trainer:
         if self.resume_path is not None:
             ckpt.verify(self.resume_path)
             self.resume_state = ckpt.read_state(self.resume_path)
+        # Resolved now, not after hours of training: `name` needs the Hub login to become `user/name`.
+        self.repo_id = resolve_repo_id(args.hub_model_id or out.resolve().name) if args.push_to_hub else None
 
     def _setup_data_and_config(self) -> None:
         run, args, accelerator = self.run, self.args, self.accelerator
@@ -293,6 +301,7 @@ class Trainer:
             if args.overwrite_output_dir and self.resume_path is None:
                 outdir.clear_run(self.output_dir)
             ckpt.clean_stale_staging(self.output_dir)
+            clean_stale(self.output_dir)
             write_run_config(self.output_dir / RUN_CONFIG, self.sections)
             write_json(self.output_dir / DATA_INFO, self.data.info)
         self._wrote_anything = True
@@ -384,7 +393,8 @@ class Trainer:
 
     def _load_checkpoint(self) -> None:
         state = self.resume_state
-        self.accelerator.load_state(str(self.resume_path))
+        with ckpt.accelerate_view(self.resume_path) as view:
+            self.accelerator.load_state(str(view))
         # Param groups come back with the saving run's kernel choice; keep this device's.
         fused = self.accelerator.device.type == "cuda"
         for group in self.optimizer.param_groups:
@@ -684,7 +694,7 @@ class Trainer:
             if why := self.plateau.stalled():
                 status, reason = RunStatus.STALLED, why
             check_ranks_agree(self.model, self.accelerator)
-            save_final_model(self.model, self.accelerator, self.data, self.output_dir)
+            self.export = save_final_model(self.model, self.accelerator, self.data, self.output_dir)
         elif status is RunStatus.INTERRUPTED and not self.save_checkpoint():
             reason += "; no checkpoint written: the weights are not finite"
         if status in (RunStatus.DIVERGED, RunStatus.STALLED):
@@ -734,6 +744,8 @@ class Trainer:
             text = sample_text(self.unwrapped, self.accelerator, self.data, self.args.sample_max_new_tokens)
             (out / SAMPLE).write_text(text + "\n")
             print(f"--- sample (greedy) ---\n{text}\n-----------------------")
+        if finished_model:
+            self._card_and_upload()
         val = summary.final_val_loss
         final = f"final val_loss {val:.4f}" if val is not None else "no final validation loss"
         if not self.has_val:
@@ -741,6 +753,25 @@ class Trainer:
         if summary.status is RunStatus.INTERRUPTED:
             final = f"interrupted ({summary.stop_reason}); resume with --resume_from_checkpoint latest"
         print(f"done: {summary.steps} steps, {final}, {summary.wall_time:.1f}s; {summary.status}; run in {out}")
+
+    def _card_and_upload(self) -> None:
+        out = self.output_dir
+        write_model_card(out, model_id=self.repo_id)
+        kind = self.export.describe() if self.export is not None else "normgpt remote code (the export failed)"
+        flags = "" if self.export is not None and self.export.stock else ", trust_remote_code=True"
+        print(f"model: {kind}\n  load it with AutoModelForCausalLM.from_pretrained('{out}'{flags})")
+        if self.repo_id is None:
+            return
+        try:
+            url = push_to_hub(out, self.repo_id, private=self.args.hub_private_repo)
+            print(f"uploaded the model (never its checkpoints) to {url}")
+        except HubError as err:
+            self.upload_failed = True
+            print(
+                f"train.py: error: {err}; the run is complete: retry with python -m train.hub {out} "
+                f"--hub_model_id {self.repo_id}",
+                file=sys.stderr,
+            )
 
     def _write_failed_summary(self, err: Exception) -> None:
         """Best effort: a run that crashed says so instead of looking like one still running."""
@@ -770,56 +801,3 @@ def check_ranks_agree(model, accelerator: Accelerator) -> None:
     if not (everyone == everyone[0]).all():
         raise RuntimeError(f"ranks disagree after training: parameter fingerprints {everyone.tolist()}")
     accelerator.print(f"ranks agree: parameters identical on all {accelerator.num_processes} processes")
-
-
-def save_final_model(model, accelerator: Accelerator, data: PreparedData, output_dir: Path) -> None:
-    """Config, safetensors weights, modeling source and tokenizer into `output_dir`, via a staging directory so the
-    run directory never holds a half-written model."""
-    staging = output_dir / ".final.tmp"
-    # Gathers FSDP shards (all processes must call it). A compiled model's keys carry the wrapper's `_orig_mod.`.
-    state_dict = {k.removeprefix("_orig_mod."): v for k, v in accelerator.get_state_dict(model).items()}
-    if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
-        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-        # The kernel a run trained with is a speed choice, not part of the model: saved models run anywhere.
-        impl = unwrapped.config.rms_impl
-        unwrapped.config.rms_impl = "auto"
-        unwrapped.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
-        unwrapped.config.rms_impl = impl
-        save_tokenizer(data.tokenizer, unwrapped.config.max_position_embeddings, staging)
-        for item in staging.iterdir():
-            target = output_dir / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(item, target)
-        staging.rmdir()
-    accelerator.wait_for_everyone()
-
-
-# Load-time arguments transformers records in init_kwargs; they describe how this process loaded the tokenizer, not
-# the tokenizer, and would leak into every later load.
-LOAD_ARGUMENTS = ("is_local", "local_files_only", "cache_dir", "token", "revision", "_commit_hash", "trust_remote_code")
-
-
-def save_tokenizer(tokenizer, max_length: int, directory: Path) -> None:
-    """The tokenizer as generation wants it: left padding (a right-padded batch generates after its pads) and the
-    model's context length, without this process's load arguments."""
-    tokenizer.model_max_length = max_length
-    tokenizer.padding_side = "left"
-    for key in LOAD_ARGUMENTS:
-        tokenizer.init_kwargs.pop(key, None)
-    tokenizer.save_pretrained(directory)
-
-
-def sample_text(model, accelerator: Accelerator, data: PreparedData, max_new_tokens: int) -> str:
-    """Greedy continuation of the first tokens of the validation split (of the training split without one): the
-    quickest look at what the model learnt."""
-    source = data.val if len(data.val) >= 16 else data.train
-    model.eval()
-    prompt = torch.as_tensor(source[:16].astype("int64"), device=accelerator.device)[None]
-    with torch.no_grad():
-        out = model.generate(
-            prompt, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=data.tokenizer.eos_token_id
-        )
-    model.train()
-    return data.tokenizer.decode(out[0])
