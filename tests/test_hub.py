@@ -121,3 +121,28 @@ def test_a_bare_repo_name_resolves_to_the_users_namespace():
     assert hub.resolve_repo_id("bob/normgpt-tiny", Offline()) == "bob/normgpt-tiny"  # no call needed
     with pytest.raises(HubError, match="cannot resolve 'x' to user/x: no connection to huggingface.co"):
         hub.resolve_repo_id("x", Offline())
+
+
+def test_training_with_push_to_hub_uploads_the_model_and_no_checkpoint(tmp_path, monkeypatch):
+    """--push_to_hub through the real trainer (in-process, the Hub faked): the card names the repo, and what goes
+    up is the model directory's whitelist, never checkpoint-<step>/ or the run's bookkeeping."""
+    import huggingface_hub
+    from synthetic_corpus import write_corpus
+    from trainer_runs import TINY
+
+    from train.train import main
+
+    api = FakeHfApi()
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: api)
+    out = tmp_path / "run"
+    args = {**TINY, "max_steps": 6, "dataset": write_corpus(tmp_path / "corpus"), "cache_dir": tmp_path / "cache"}
+    argv = [item for k, v in args.items() for item in (f"--{k}", str(v))]
+    assert main([*argv, "--output_dir", str(out), "--push_to_hub", "--hub_model_id", "me/tiny"]) == 0
+    assert api.calls[0] == (
+        "create_repo",
+        {"repo_id": "me/tiny", "repo_type": "model", "private": None, "exist_ok": True},
+    )
+    assert (out / "checkpoint-6").is_dir() and not any(name.startswith("checkpoint") for name in api.sent)
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "LICENSE"} <= set(api.sent)
+    assert not {"metrics.jsonl", "summary.json", "run_config.yaml", ".normgpt.lock"} & set(api.sent)
+    assert 'from_pretrained("me/tiny")' in (out / "README.md").read_text()

@@ -2,49 +2,26 @@
 command turns the run into a complete, publishable directory (model, card, LICENSE, loss curve, GGUF)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import yaml
 from synthetic_corpus import write_corpus
 from tiny_models import save_with_tokenizer, trained_model
+from trainer_runs import command, run
 
 from model import export
 from model.export import export_model_dir, read_export_info
 from train.apache_license import APACHE_2_0_TEXT
-from train.config import REPO_ROOT
 from train.hub import model_files
 from train.model_card import NOT_RECORDED, write_model_card
 from train.run_directory import CARD_MARKER, load_run, read_json
-
-RUN_ARGS = {
-    "vocab_size": 320,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "block_size": 32,
-    "max_position_embeddings": 32,
-    "per_device_train_batch_size": 4,
-    "max_steps": 12,
-    "warmup_steps": 3,
-    "logging_steps": 4,
-    "eval_steps": 6,
-    "max_eval_batches": 2,
-    "save_steps": 6,
-    "sample_max_new_tokens": 8,
-}
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("card")
     out = root / "run"
-    args = {**RUN_ARGS, "dataset": write_corpus(root / "corpus"), "cache_dir": root / "cache", "output_dir": out}
-    command = [sys.executable, str(REPO_ROOT / "train" / "train.py")]
-    command += [item for k, v in args.items() for item in (f"--{k}", str(v))]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run(command(write_corpus(root / "corpus"), root / "cache", out, logging_steps=4, sample_max_new_tokens=8))
     return out
 
 
