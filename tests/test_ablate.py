@@ -1,28 +1,47 @@
-"""scripts/ablate.py: sweep validation (one line, exit 2), run naming and order, how each run directory is picked up
-again, and a 2x2 mini-sweep end to end through accelerate launch and the real trainer, whose second invocation
-launches nothing."""
+"""Sweeps (train/sweep/: spec, plan, scheduler, ablate): sweep validation (one line, exit 2), run naming and order, how
+each run directory is picked up again, the status of a launch, stopping, one run per GPU slot, the data prepared once,
+and a 2x2 mini-sweep end to end through accelerate launch and the real trainer, whose second invocation launches
+nothing."""
 
-import json
 import os
-import shutil
+import re
+import signal
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from scripts_loader import load_script
+from synthetic_corpus import write_corpus
+
+from train.checkpoints import write_manifest
+from train.config import build_parser
+from train.run_directory import (
+    DATA_INFO,
+    METRICS,
+    MetricsLog,
+    RunStatus,
+    Summary,
+    load_run,
+    read_json,
+    write_run_config,
+)
+from train.sweep import ablate, plan, scheduler, spec
+from train.sweep.directory import (
+    ERROR_LOG,
+    LAUNCHES,
+    TRAIN_LOG,
+    read_launches,
+    read_sweep_record,
+    run_dir,
+    write_sweep_record,
+)
+from train.sweep.plan import Action
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ABLATE = REPO_ROOT / "scripts" / "ablate.py"
-
-
-ablate = load_script("ablate")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TRAINER_WRITES_SUMMARY = "summary.json" in (REPO_ROOT / "train" / "train.py").read_text()
-CORPUS_MODULES = ["argparse.py", "csv.py", "difflib.py", "json/decoder.py", "textwrap.py", "shlex.py"]
 # A model small enough that a run is mostly process start-up.
 TINY = {
     "hidden_size": 32,
@@ -47,9 +66,25 @@ def write_sweep(path: Path, sweep: dict | str) -> Path:
     return path
 
 
+def one_run(tmp_path: Path, grid: str = "grid: {seed: [0]}\n") -> spec.RunSpec:
+    return spec.load_sweep(write_sweep(tmp_path / "one.yaml", grid)).runs[0]
+
+
+def write_checkpoint(directory: Path, step: int = 3) -> None:
+    """A complete checkpoint as far as listing goes: a file and its manifest."""
+    checkpoint = directory / f"checkpoint-{step}"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    write_manifest(checkpoint, step)
+
+
+def write_summary(directory: Path, status: RunStatus, steps: int = 5) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    Summary(status=status, steps=steps, max_steps=5).write(directory)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Validation
-# ---------------------------------------------------------------------------------------------------------------------
 
 BAD_SWEEPS = {
     "missing file": (None, "does not exist"),
@@ -62,10 +97,14 @@ BAD_SWEEPS = {
     "scalar grid axis": ("grid: {seed: 0}\n", "grid.seed must be a non-empty list"),
     "nested grid value": ("grid: {seed: [[0, 1]]}\n", "values must be single values"),
     "duplicate grid value": ("grid: {seed: [0, 0]}\n", "lists a value twice"),
+    "infinite learning rate": ("grid: {learning_rate: [1.0e-3, .inf]}\n", "grid.learning_rate holds inf"),
+    "nan override": ("grid: {seed: [0]}\noverrides: {learning_rate: .nan}\n", "numbers must be finite"),
+    "inf as text": ("grid: {learning_rate: [inf]}\n", "finite"),
     "unknown grid flag": ("grid: {sed: [0]}\n", "grid key 'sed' is not a training flag"),
     "unknown override flag": ("grid: {seed: [0]}\noverrides: {max_step: 5}\n", "'max_step' is not a training flag"),
     "controlled flag": ("grid: {output_dir: [a, b]}\n", "'output_dir' is not allowed"),
     "base as a flag": ("grid: {seed: [0]}\noverrides: {config: x.yaml}\n", "use the top-level 'base' key"),
+    "a switch": ("grid: {seed: [0]}\noverrides: {no_stability_metrics: 1}\n", "set 'stability_metrics: true'"),
     "same field twice": ("grid: {norm: [rms]}\noverrides: {norm_type: layer}\n", "which 'norm' already sets"),
     "bad value": ("grid: {norm: [rms, rmsnorm]}\n", "invalid choice: 'rmsnorm'"),
     "bad type": ("grid: {max_steps: [ten]}\n", "invalid int value: 'ten'"),
@@ -74,6 +113,36 @@ BAD_SWEEPS = {
     "bad exclude key": ("grid: {seed: [0, 1]}\nexclude: [{norm: rms}]\n", "exclude names 'norm'"),
     "bad exclude value": ("grid: {seed: [0, 1]}\nexclude: [{seed: 2}]\n", "exclude seed=2 is not among grid.seed"),
     "exclude everything": ("grid: {seed: [0]}\nexclude: [{seed: 0}]\n", "removes every run"),
+    # A findings declaration (train/sweep/findings.py) is checked against the grid and the runs' resolved settings.
+    "unknown finding": ("grid: {norm: [rms, layer]}\nfindings: {e: {}}\n", "unknown finding 'e' under 'findings'"),
+    "role not in the grid": (
+        "grid: {norm: [rms, layer]}\nfindings: {a: {rms: {norm: rms}, layer: {norm: dyt}}}\n",
+        "findings.a.layer: norm=dyt is not among grid.norm (rms, layer)",
+    ),
+    "swapped roles": (
+        "grid: {norm: [rms, layer]}\nfindings: {a: {rms: {norm: layer}, layer: {norm: rms}}}\n",
+        "findings.a.rms selects a variant with norm_type=layer; role 'rms' needs norm_type=rms",
+    ),
+    "role in the wrong placement": (
+        "grid: {norm: [rms, layer]}\noverrides: {norm_placement: post}\n"
+        "findings: {a: {rms: {norm: rms}, layer: {norm: layer}}}\n",
+        "findings.a.rms selects a variant with norm_placement=post; role 'rms' needs norm_placement=pre",
+    ),
+    "roles differing elsewhere": (
+        "grid: {norm: [rms, layer], hidden_size: [64, 128]}\n"
+        "findings: {a: {rms: {norm: rms, hidden_size: 64}, layer: {norm: layer, hidden_size: 128}}}\n",
+        "roles rms and layer also differ in hidden_size (64 vs 128); finding a's roles may differ only in norm_type",
+    ),
+    "warm-up not shared": (
+        "grid: {norm_placement: [pre, post], warmup_steps: [0, 100], learning_rate: [1.0e-3]}\nfindings: {b: {"
+        "pre: {norm_placement: pre, warmup_steps: 100}, post: {norm_placement: post, warmup_steps: 0}, "
+        "post_warmup: {norm_placement: post, warmup_steps: 100}}}\n",
+        "findings.b: roles pre and post must share a warm-up (warmup_steps 100 vs 0)",
+    ),
+    "no learning-rate axis": (
+        "grid: {qk_norm: [false, true]}\nfindings: {c: {plain: {qk_norm: false}, qk_norm: {qk_norm: true}}}\n",
+        "finding c needs a learning_rate axis in the grid",
+    ),
 }
 
 
@@ -93,21 +162,23 @@ def test_bad_sweep_is_one_error_line_and_exit_2(case, tmp_path, capsys):
 
 
 def test_every_flag_of_the_trainer_is_accepted_with_aliases():
-    flags = ablate.trainer_flags()
-    assert flags["norm"].dest == flags["norm_type"].dest == "norm_type"
+    flags = spec.trainer_flags()
+    assert flags["norm"].dest == flags["norm_type"].dest == flags["norm-type"].dest == "norm_type"
     assert flags["learning_rate"].section == "training" and flags["block_size"].section == "data"
-    assert flags["norm"].section == "model"
+    assert flags["norm"].section == "model" and not flags["no_stability_metrics"].takes_value
+    # The same set of options the trainer's parser documents in its --help, read from the dataclasses.
+    documented = set(re.findall(r"--([A-Za-z][\w-]*)", build_parser().format_help()))
+    assert documented - {"help", "config"} == set(flags)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Naming, order, planning
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def test_run_names_are_stable_filesystem_safe_and_follow_grid_order():
-    assert ablate.run_name({"norm": "rms", "learning_rate": 0.003, "seed": 0}) == "norm=rms,learning_rate=0.003,seed=0"
-    assert ablate.run_name({"qk_norm": True, "z_loss": 1e-4}) == "qk_norm=true,z_loss=0.0001"
-    assert ablate.run_name({"dataset": "data/my corpus*"}) == "dataset=data_my_corpus_"
+    assert spec.run_name({"norm": "rms", "learning_rate": 0.003, "seed": 0}) == "norm=rms,learning_rate=0.003,seed=0"
+    assert spec.run_name({"qk_norm": True, "z_loss": 1e-4}) == "qk_norm=true,z_loss=0.0001"
+    assert spec.run_name({"dataset": "data/my corpus*"}) == "dataset=data_my_corpus_"
 
 
 def test_sweep_resolves_values_orders_seeds_last_and_applies_exclude(tmp_path):
@@ -118,7 +189,7 @@ def test_sweep_resolves_values_orders_seeds_last_and_applies_exclude(tmp_path):
         "grid:\n  seed: [0, 1]\n  norm: [rms, layer]\n  learning_rate: [1.0e-3, 3e-3]\n"
         "exclude:\n  - {norm: layer, learning_rate: 1.0e-3}\n",
     )
-    sweep = ablate.load_sweep(path)
+    sweep = spec.load_sweep(path)
     names = [r.name for r in sweep.runs]
     assert names[:3] == [
         "seed=0,norm=rms,learning_rate=0.001",
@@ -130,16 +201,55 @@ def test_sweep_resolves_values_orders_seeds_last_and_applies_exclude(tmp_path):
     run = sweep.runs[1]
     assert run.config["max_steps"] == 7 and run.config["norm_type"] == "rms" and run.max_steps == 7
     assert run.args[-6:] == ["--seed", "0", "--norm", "rms", "--learning_rate", "0.003"]
+    record = sweep.record()
+    assert record.fields["norm"] == "norm_type" and [r.name for r in record.runs] == names
+    assert record.hardware["cpu_cores"] >= 1
 
 
-def test_plan_dry_run_and_config_mismatch(tmp_path, capsys):
+def test_a_findings_declaration_is_checked_against_the_settings_and_recorded(tmp_path):
+    text = (
+        "grid: {qk_norm: [false, true], learning_rate: [1.0e-3, 1.0e-2], seed: [0, 1]}\n"
+        "findings: {c: {qk_norm: {qk_norm: 'true'}, plain: {qk_norm: false}}}\n"
+    )
+    # Role c needs pre-norm RMSNorm: the norm comes from the base config, the placement from the model's default.
+    sweep = spec.load_sweep(write_sweep(tmp_path / "s.yaml", text))
+    assert sweep.findings == {"c": {"plain": {"qk_norm": False}, "qk_norm": {"qk_norm": True}}}
+    write_sweep_record(tmp_path, sweep.record())
+    assert read_sweep_record(tmp_path).extra == {"findings": sweep.findings}
+    assert "findings" not in spec.load_sweep(write_sweep(tmp_path / "t.yaml", "grid: {seed: [0]}\n")).record().extra
+
+
+@pytest.mark.parametrize(
+    "status, checkpoint, action",
+    [
+        (RunStatus.COMPLETED, False, Action.DONE),
+        (RunStatus.DIVERGED, True, Action.DONE),
+        (RunStatus.STALLED, False, Action.DONE),
+        (RunStatus.INTERRUPTED, True, Action.RESUME),
+        (RunStatus.FAILED, True, Action.RESUME),
+        (RunStatus.FAILED, False, Action.FRESH),
+        (None, True, Action.RESUME),  # killed: no summary, but a checkpoint
+        (None, False, Action.FRESH),
+    ],
+)
+def test_plan_skips_finished_runs_and_resumes_from_a_checkpoint(status, checkpoint, action, tmp_path):
+    directory = tmp_path / "run"
+    directory.mkdir()
+    MetricsLog(directory / METRICS).append({"step": 1, "loss": 5.0})
+    if status is not None:
+        write_summary(directory, status)
+    if checkpoint:
+        write_checkpoint(directory)
+    assert plan.plan(load_run(directory)) is action
+    assert plan.plan(load_run(tmp_path / "nothing")) is Action.FRESH
+
+
+def test_dry_run_and_config_mismatch(tmp_path, capsys):
     sweep_path = write_sweep(tmp_path / "s.yaml", {"overrides": {"max_steps": 5}, "grid": {"seed": [0, 1, 2]}})
     out = tmp_path / "out"
-    runs = out / "runs"
-    (runs / "seed=0").mkdir(parents=True)
-    (runs / "seed=0" / "summary.json").write_text("{}")
-    (runs / "seed=1" / "checkpoint-3").mkdir(parents=True)
-    assert [ablate.plan(runs / f"seed={i}") for i in range(3)] == ["done", "resume", "fresh"]
+    write_summary(run_dir(out, "seed=0"), RunStatus.COMPLETED)
+    write_summary(run_dir(out, "seed=1"), RunStatus.INTERRUPTED)
+    write_checkpoint(run_dir(out, "seed=1"))
 
     assert ablate.main([str(sweep_path), "--output_dir", str(out), "--dry_run"]) == 0
     printed = capsys.readouterr().out
@@ -150,65 +260,122 @@ def test_plan_dry_run_and_config_mismatch(tmp_path, capsys):
     assert "--overwrite_output_dir" not in printed and not (out / "sweep.yaml").exists()
 
     # A finished run made with other settings is not silently counted as this sweep's.
-    (runs / "seed=0" / "run_config.yaml").write_text(yaml.safe_dump({"training": {"max_steps": 9, "seed": 0}}))
+    write_run_config(run_dir(out, "seed=0") / "run_config.yaml", {"training": {"max_steps": 9, "seed": 0}})
     assert ablate.main([str(sweep_path), "--output_dir", str(out), "--dry_run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "max_steps=9 on disk, 5 in this sweep" in err[0]
+    (run_dir(out, "seed=0") / "run_config.yaml").write_text("training: [\n")
+    assert ablate.main([str(sweep_path), "--output_dir", str(out), "--dry_run"]) == 2
+    assert "run_config.yaml cannot be read" in capsys.readouterr().err
 
 
-def test_restart_clears_the_trainers_files_but_keeps_the_log(tmp_path):
-    run_dir = tmp_path / "run"
-    (run_dir / "checkpoint-2.tmp").mkdir(parents=True)
-    for name in ("metrics.jsonl", "run_config.yaml", "train.log"):
-        (run_dir / name).write_text("x")
-    ablate.clear_for_restart(run_dir)
-    assert sorted(p.name for p in run_dir.iterdir()) == ["train.log"]
+def test_a_run_directory_holding_other_files_is_refused_not_cleared(tmp_path, capsys):
+    sweep_path = write_sweep(tmp_path / "s.yaml", {"grid": {"seed": [0]}})
+    notes = run_dir(tmp_path / "out", "seed=0") / "notes.txt"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("mine")
+    assert ablate.main([str(sweep_path), "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds files that are not a normgpt run (notes.txt)" in err[0]
+    assert notes.read_text() == "mine"
 
 
-def test_one_run_per_gpu_when_there_are_several(monkeypatch):
+def test_an_unusable_output_dir_is_one_line_and_exit_2(tmp_path, capsys):
+    sweep_path = write_sweep(tmp_path / "s.yaml", {"grid": {"seed": [0]}})
+    (tmp_path / "file").write_text("mine")
+    assert ablate.main([str(sweep_path), "--output_dir", str(tmp_path / "file")]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert ablate.main([str(sweep_path), "--output_dir", str(locked / "out")]) == 2
+        assert "cannot write to --output_dir" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_restart_clears_the_trainers_files_but_keeps_the_logs(tmp_path):
+    directory = tmp_path / "run"
+    (directory / "checkpoint-2.tmp").mkdir(parents=True)
+    for name in ("metrics.jsonl", "run_config.yaml", TRAIN_LOG, ERROR_LOG):
+        (directory / name).write_text("x")
+    plan.clear_for_restart(directory)
+    assert sorted(p.name for p in directory.iterdir()) == [ERROR_LOG, TRAIN_LOG]
+
+
+def test_data_is_prepared_once_per_distinct_data_config(tmp_path, monkeypatch):
+    import train.data
+
+    calls = []
+    monkeypatch.setattr(train.data, "prepare_data", lambda args, vocab, first: calls.append((args.dataset, vocab)))
+    grid = "grid: {norm: [rms, layer], dataset: [a.txt, b.txt], seed: [0, 1]}\noverrides: {vocab_size: 320}\n"
+    sweep = spec.load_sweep(write_sweep(tmp_path / "s.yaml", grid))
+    lines = []
+    plan.prepare_data_once(sweep.runs, say=lines.append)
+    assert sorted(calls) == [("a.txt", 320), ("b.txt", 320)]
+    assert lines[0] == "preparing data 1/2 (a.txt; 4 run(s))"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Launching
+
+
+def test_one_run_per_gpu_when_there_are_several(monkeypatch, tmp_path):
     import torch
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert ablate.gpu_slots() == [None]
+    assert scheduler.gpu_slots() == [None]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert ablate.gpu_slots() == ["0", "1"]
+    assert scheduler.gpu_slots() == ["0", "1"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
-    assert ablate.gpu_slots() == ["4", "6"]
-    run = ablate.Run("seed=0", {"seed": 0}, ["--seed", "0"], {}, 5)
-    cmd = ablate.launch_command(run, Path("/tmp/x"), "fresh", "4", parallel=True)
+    assert scheduler.gpu_slots() == ["4", "6"]
+    cmd = scheduler.launch_command(one_run(tmp_path), Path("/tmp/x"), Action.FRESH, parallel=True)
     assert cmd[cmd.index("--gpu_ids") + 1] == "all" and "--main_process_port" in cmd
 
 
+def child(directory: Path, body: str) -> list[str]:
+    """A stand-in for the launcher: a Python program that may write a summary.json through run_directory."""
+    prog = (
+        "import sys\n"
+        "from train.run_directory import RunStatus, Summary\n"
+        f"def summary(status):\n    Summary(status=RunStatus(status), steps=5, max_steps=5).write({str(directory)!r})\n"
+        f"{body}\n"
+    )
+    return [sys.executable, "-c", prog]
+
+
 @pytest.mark.parametrize(
-    "script, status",
+    "body, status",
     [
-        ("write_summary(diverged=True)", "diverged"),
-        ("write_summary(diverged=False)", "completed"),
-        ("sys.stderr.write('boom\\n'); sys.exit(3)", "failed"),
-        ("pass", "failed"),  # exit 0 without a summary.json
-        ("write_summary(diverged=False); sys.stderr.write('crash saving\\n'); sys.exit(1)", "failed"),
+        ("summary('diverged')", RunStatus.DIVERGED),
+        ("summary('completed')", RunStatus.COMPLETED),
+        ("summary('stalled')", RunStatus.STALLED),
+        ("summary('interrupted'); sys.exit(1)", RunStatus.INTERRUPTED),  # a signal stopped it: resumable
+        ("summary('failed')", RunStatus.FAILED),
+        ("sys.stderr.write('boom\\n'); sys.exit(3)", RunStatus.FAILED),
+        ("pass", RunStatus.FAILED),  # exit 0 without a summary.json
+        ("summary('completed'); sys.stderr.write('crash saving\\n'); sys.exit(1)", RunStatus.FAILED),
+        ("sys.exit(1)", RunStatus.FAILED),  # the interrupted summary of the earlier attempt does not count
     ],
 )
-def test_outcome_of_a_launch(script, status, tmp_path, monkeypatch):
-    run_dir = tmp_path / "runs" / "seed=0"
-    prog = (
-        "import json, pathlib, sys\n"
-        f"def write_summary(diverged):\n"
-        f"    pathlib.Path({str(run_dir)!r}, 'summary.json').write_text(json.dumps({{'diverged': diverged}}))\n"
-        f"{script}\n"
-    )
-    monkeypatch.setattr(ablate, "launch_command", lambda *a, **k: [sys.executable, "-c", prog])
-    run = ablate.Run("seed=0", {"seed": 0}, [], {}, 5)
-    outcome = ablate.finish(ablate.start(run, run_dir, "fresh", None, False, None), tmp_path)
-    assert outcome.status == status
-    assert (run_dir / "ablate_error.log").exists() == (status == "failed")
-    if "boom" in script:
-        error = (run_dir / "ablate_error.log").read_text()
+def test_status_of_a_launch_comes_from_the_summary_it_wrote(body, status, tmp_path):
+    out = tmp_path / "sweep"
+    directory = run_dir(out, "seed=0")
+    write_summary(directory, RunStatus.INTERRUPTED)  # left by an earlier attempt
+    write_checkpoint(directory)
+    launcher = scheduler.Launcher(one_run(tmp_path), directory, Action.RESUME, None, child(directory, body))
+    launcher.start()
+    outcome, why = launcher.finish()
+    scheduler.record(out, launcher, outcome, why, stopped=False)
+    assert outcome.status is status
+    assert (directory / ERROR_LOG).exists() == (status is RunStatus.FAILED)
+    if "boom" in body:
+        error = (directory / ERROR_LOG).read_text()
         assert "result: exit code 3" in error and error.rstrip().endswith("boom")
-        assert "boom" in (run_dir / "train.log").read_text()
-    row = json.loads((tmp_path / "ablate_runs.jsonl").read_text())
-    assert row["status"] == status and row["name"] == "seed=0"
+        assert "boom" in (directory / TRAIN_LOG).read_text()
+    rows, problems = read_launches(out)
+    assert not problems and rows[0]["status"] == status.value and rows[0]["name"] == "seed=0"
+    assert rows[0]["action"] == "resume"
 
 
 def _alive(pid: int) -> bool:
@@ -220,62 +387,157 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
-def test_stop_ends_the_launched_process_group(tmp_path, monkeypatch):
-    # A launcher that ignores SIGINT and has a child: stop() must still end both.
+def test_stop_ends_the_launched_process_group(tmp_path):
+    # A launcher that ignores the stop signal and has a child: stop() must still end both.
     pid_file = tmp_path / "child.pid"
     prog = (
         "import pathlib, signal, subprocess, sys, time\n"
-        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
         f"pathlib.Path({str(pid_file)!r}).write_text(str(child.pid))\n"
         "time.sleep(60)\n"
     )
-    monkeypatch.setattr(ablate, "launch_command", lambda *a, **k: [sys.executable, "-c", prog])
-    run = ablate.Run("seed=0", {"seed": 0}, [], {}, 5)
-    active = ablate.start(run, tmp_path / "run", "fresh", None, False, None)
+    cmd = [sys.executable, "-c", prog]
+    launcher = scheduler.Launcher(one_run(tmp_path), tmp_path / "run", Action.FRESH, None, cmd)
+    launcher.start()
     deadline = time.monotonic() + 10
     while not pid_file.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    child = int(pid_file.read_text())
-    ablate.stop(active, grace=1.0)
-    assert active.proc.returncode is not None
+    child_pid = int(pid_file.read_text())
+    launcher.stop(grace=1.0)
+    assert launcher.proc.returncode is not None
     deadline = time.monotonic() + 5
-    while _alive(child) and time.monotonic() < deadline:
+    while _alive(child_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _alive(child)
+    assert not _alive(child_pid)
+
+
+def test_scheduler_runs_one_launch_per_slot_at_a_time(tmp_path, monkeypatch):
+    """Two slots, four runs: at most two at once, each pinned to its own slot, every launch recorded."""
+    sweep = spec.load_sweep(write_sweep(tmp_path / "s.yaml", "grid: {seed: [0, 1, 2, 3]}\n"))
+    out = tmp_path / "sweep"
+
+    def fake_command(run, directory, action, parallel, accelerate_config=None):
+        assert parallel
+        body = (
+            "import os, time\n"
+            f"open({str(tmp_path)!r} + '/' + os.environ['CUDA_VISIBLE_DEVICES'] + '.' + {run.name!r}, 'w')\n"
+            "time.sleep(0.5)\nsummary('completed')"
+        )
+        return child(directory, body)
+
+    monkeypatch.setattr(scheduler, "launch_command", fake_command)
+    todo = [(run, Action.FRESH) for run in sweep.runs]
+    outcomes = scheduler.Scheduler(out, slots=["a", "b"]).run(todo, total=4, done=0)
+    assert sorted(o.spec.name for o in outcomes) == [r.name for r in sweep.runs]
+    assert all(o.status is RunStatus.COMPLETED for o in outcomes)
+    rows, _ = read_launches(out)
+    assert len(rows) == 4 and {r["slot"] for r in rows} == {"a", "b"}
+    markers = [p.name for p in tmp_path.iterdir() if p.name[:2] in ("a.", "b.")]
+    assert len(markers) == 4
+
+
+TRAINER = """
+import pathlib, signal, sys, time
+from train.run_directory import RunStatus, Summary
+def stop(*_):
+    time.sleep(1.0)  # the last step and the checkpoint, while the launcher above is already gone
+    Summary(status=RunStatus.INTERRUPTED, steps=2, max_steps=5, stop_reason="SIGTERM").write(sys.argv[1])
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+pathlib.Path(sys.argv[1], "started").write_text("yes")
+time.sleep(60)
+"""
+DRIVER = """
+import signal, sys
+from pathlib import Path
+from train.sweep import ablate, scheduler, spec
+from train.sweep.plan import Action
+tmp = Path(sys.argv[1])
+runs = spec.load_sweep(tmp / "s.yaml").runs
+# Like `accelerate launch`: a launcher that dies at once on SIGTERM, over the trainer.
+launcher = "import subprocess, sys; sys.exit(subprocess.call([sys.executable, sys.argv[1], sys.argv[2]]))"
+child = lambda run, directory, *a: [sys.executable, "-c", launcher, str(tmp / "trainer.py"), str(directory)]
+scheduler.launch_command = child
+signal.signal(signal.SIGTERM, ablate.interrupt)
+try:
+    scheduler.Scheduler(tmp / "out", slots=["a", "b"]).run([(run, Action.FRESH) for run in runs], len(runs), 0)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs process groups")
+def test_sigterm_stops_every_run_and_each_records_that_it_was_interrupted(tmp_path):
+    write_sweep(tmp_path / "s.yaml", "grid: {seed: [0, 1, 2]}\n")
+    (tmp_path / "trainer.py").write_text(TRAINER)
+    cmd = [sys.executable, "-c", DRIVER, str(tmp_path)]
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started = [run_dir(tmp_path / "out", f"seed={i}") / "started" for i in (0, 1)]
+    deadline = time.monotonic() + 60
+    while not all(p.exists() for p in started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGTERM)
+    output, _ = driver.communicate(timeout=60)
+    assert driver.returncode == 130, output[-2000:]
+    assert "interrupted: stopping 2 run(s)" in output
+    for i in (0, 1):  # both running runs were stopped and wrote their summary; the third never started
+        assert Summary.read(run_dir(tmp_path / "out", f"seed={i}")).status is RunStatus.INTERRUPTED
+        assert not (run_dir(tmp_path / "out", f"seed={i}") / ERROR_LOG).exists()
+    assert not run_dir(tmp_path / "out", "seed=2").exists()
+    rows, _ = read_launches(tmp_path / "out")
+    assert sorted(r["name"] for r in rows) == ["seed=0", "seed=1"] and {r["status"] for r in rows} == {"interrupted"}
 
 
 def test_shipped_studies_are_valid_and_sized_as_documented():
-    flags = ablate.trainer_flags()
-    if "norm_placement" not in flags or "qk_norm" not in flags:
-        pytest.skip("the trainer has no --norm_placement/--qk_norm yet")
-    cpu = ablate.load_sweep(REPO_ROOT / "configs" / "ablations" / "cpu_study.yaml", flags)
+    flags = spec.trainer_flags()
+    cpu = spec.load_sweep(REPO_ROOT / "configs" / "ablations" / "cpu_study.yaml", flags)
     assert len(cpu.grid["learning_rate"]) == 5 and cpu.grid["seed"] == [0, 1]
     variants = {(r.grid["norm"], r.grid["norm_placement"]) for r in cpu.runs}
     assert variants == {("rms", "pre"), ("layer", "pre"), ("rms", "post")} and len(cpu.runs) == 30
     assert cpu.base.name == "tiny.yaml" and cpu.runs[0].config["save_steps"] == 0
 
-    gpu = ablate.load_sweep(REPO_ROOT / "configs" / "ablations" / "gpu_study.yaml", flags)
-    lrs = gpu.grid["learning_rate"]
-    assert len(lrs) == 7 and lrs[0] == 3e-4 and lrs[-1] == 3e-1 and lrs == sorted(lrs)
-    ratios = [b / a for a, b in zip(lrs, lrs[1:], strict=False)]
-    assert all(2.9 < r < 3.4 for r in ratios)  # log-spaced: about sqrt(10) apart
-    assert gpu.grid["seed"] == [0, 1, 2] and len(gpu.runs) == 168  # the size the file's header states
+    for name in ("gpu_study.yaml", "gpu_study_96m.yaml"):
+        path = REPO_ROOT / "configs" / "ablations" / name
+        gpu = spec.load_sweep(path, flags)
+        lrs = gpu.grid["learning_rate"]
+        assert len(lrs) == 7 and lrs[0] == 3e-4 and lrs[-1] == 3e-1 and lrs == sorted(lrs)
+        ratios = [b / a for a, b in zip(lrs, lrs[1:], strict=False)]
+        assert all(2.9 < r < 3.4 for r in ratios)  # log-spaced: about sqrt(10) apart
+        assert gpu.grid["seed"] == [0, 1, 2] and list(gpu.findings) == ["a", "b", "c", "d"]
+        assert len(gpu.runs) == 168 and "= 168 runs" in path.read_text()  # the size the file's header states
+        assert 10e6 <= parameters(gpu.runs[0]) <= 100e6
+
+
+def parameters(run: spec.RunSpec) -> int:
+    import torch
+
+    from model.modeling_normgpt import NormGPTForCausalLM
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in NormGPTForCausalLM(run.resolved.model_config()).parameters())
+
+
+def test_the_findings_cpu_study_tests_each_finding_with_3_seeds_within_25_minutes():
+    """Each file's header states runs x 38 s per run (the first CPU study's measured cost of a 200-step run)."""
+    flags, declared = spec.trainer_flags(), []
+    for path in sorted((REPO_ROOT / "configs" / "ablations" / "findings_cpu").glob("*.yaml")):
+        sweep = spec.load_sweep(path, flags)
+        assert sweep.base.name == "tiny.yaml" and sweep.grid["seed"] == [0, 1, 2], path.name
+        assert {r.max_steps for r in sweep.runs} == {200} and len(sweep.findings) == 1
+        declared += list(sweep.findings)
+        runs, minutes = re.search(r"(\d+) runs x 38 s = ([\d.]+) minutes", path.read_text()).groups()
+        assert int(runs) == len(sweep.runs) and float(minutes) == round(len(sweep.runs) * 38 / 60, 1) <= 25
+    assert declared == ["a", "b", "c", "d"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # End to end through accelerate launch and the trainer
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    out = tmp_path_factory.mktemp("ablate_corpus")
-    for name in CORPUS_MODULES:
-        if (root / name).exists():
-            shutil.copy(root / name, out / (name.replace("/", "_") + ".txt"))
-    return out
+    return write_corpus(tmp_path_factory.mktemp("ablate_corpus"))
 
 
 def run_ablate(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -285,19 +547,17 @@ def run_ablate(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
-needs_summary = pytest.mark.skipif(not TRAINER_WRITES_SUMMARY, reason="train/train.py does not write summary.json yet")
-
-
-@needs_summary
 @pytest.mark.slow
 def test_mini_sweep_end_to_end_then_resume_launches_nothing(corpus, tmp_path):
+    """The 2x2 smoke sweep CI runs: a findings declaration travels through sweep.yaml into a computed verdict."""
     overrides = {**TINY, "dataset": str(corpus), "cache_dir": str(tmp_path / "cache")}
     sweep = {"overrides": overrides, "grid": {"norm": ["rms", "layer"], "learning_rate": [1e-3, 1e-2]}}
+    sweep["findings"] = {"a": {"rms": {"norm": "rms"}, "layer": {"norm": "layer"}}}
     sweep_path = write_sweep(tmp_path / "mini.yaml", sweep)
     out = tmp_path / "sweep"
     proc = run_ablate(str(sweep_path), "--output_dir", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    assert "launched 4 runs" in proc.stdout
+    assert "preparing data 1/1" in proc.stdout and "launched 4 runs" in proc.stdout
 
     names = [r["name"] for r in yaml.safe_load((out / "sweep.yaml").read_text())["runs"]]
     assert names == [
@@ -307,41 +567,50 @@ def test_mini_sweep_end_to_end_then_resume_launches_nothing(corpus, tmp_path):
         "norm=layer,learning_rate=0.01",
     ]
     for name in names:
-        run_dir = out / "runs" / name
-        summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["model"]["norm_type"] == name.split(",")[0].split("=")[1]
-        assert "accelerate.commands.launch" in (run_dir / "train.log").read_text()
+        run = load_run(run_dir(out, name))
+        assert run.status.finished and not run.problems
+        assert read_json(run.path / DATA_INFO)["cache_hit"]  # the token cache was built before the first launch
+        assert run.summary.model["norm_type"] == name.split(",")[0].split("=")[1]
+        assert "accelerate.commands.launch" in (run.path / TRAIN_LOG).read_text()
     header = (out / "summary.csv").read_text().splitlines()[0].split(",")
     assert {"norm", "learning_rate", "final_val_loss", "best_val_loss", "diverged", "max_grad_norm"} <= set(header)
     assert len((out / "summary.csv").read_text().splitlines()) == 5
+    assert yaml.safe_load((out / "sweep.yaml").read_text())["findings"] == sweep["findings"]
     md = (out / "report.md").read_text()
     assert "float32" in md and "placement" in md and "norm=rms vs norm=layer" in md
+    # One seed: the finding's row is there, and its computed verdict says a single seed cannot decide it.
+    row = next(line for line in md.splitlines() if line.startswith("| (a) RMSNorm ≈ LayerNorm in pre-norm blocks"))
+    assert "rms: norm=rms; layer: norm=layer" in row and "a single seed gives no spread [cannot decide]" in row
+    assert row.endswith("| **inconclusive at this seed count** |")
     links = [line.split("(")[1].rstrip(")") for line in md.splitlines() if line.startswith("![")]
     assert len(links) >= 5
     for link in links:
         assert (out / link).read_bytes()[:8] == PNG_MAGIC
 
-    mtimes = {n: (out / "runs" / n / "summary.json").stat().st_mtime_ns for n in names}
+    mtimes = {n: (run_dir(out, n) / "summary.json").stat().st_mtime_ns for n in names}
     again = run_ablate(str(sweep_path), "--output_dir", str(out))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "4 finished (skipped), 0 to resume, 0 to start" in again.stdout
     assert "nothing to launch: all 4 runs finished" in again.stdout
-    assert {n: (out / "runs" / n / "summary.json").stat().st_mtime_ns for n in names} == mtimes
-    assert len((out / "ablate_runs.jsonl").read_text().splitlines()) == 4  # one row per launch, none new
+    assert {n: (run_dir(out, n) / "summary.json").stat().st_mtime_ns for n in names} == mtimes
+    assert len((out / LAUNCHES).read_text().splitlines()) == 4  # one row per launch, none new
+    assert "| **inconclusive at this seed count** |" in (out / "report.md").read_text()  # the report, rewritten
 
 
-@needs_summary
 @pytest.mark.slow
 def test_failed_run_is_recorded_and_the_sweep_goes_on(corpus, tmp_path):
-    # The first value passes the parser but the trainer cannot load it: that run fails and the next still runs.
+    # The first value passes the parser but the data cannot be loaded: preparing it says so, that run fails with the
+    # trainer's message, and the next still runs.
     overrides = {**TINY, "cache_dir": str(tmp_path / "cache")}
     sweep = {"overrides": overrides, "grid": {"dataset": [str(tmp_path / "no_such_corpus"), str(corpus)]}}
     out = tmp_path / "sweep"
     proc = run_ablate(str(write_sweep(tmp_path / "s.yaml", sweep)), "--output_dir", str(out))
     assert proc.returncode == 1
-    assert "1 completed, 0 diverged, 1 failed" in proc.stdout
+    assert "could not be prepared" in proc.stdout and "1 completed, 0 diverged, 1 failed" in proc.stdout
     failed = next(p for p in (out / "runs").iterdir() if "no_such_corpus" in p.name)
-    error = (failed / "ablate_error.log").read_text()
+    error = (failed / ERROR_LOG).read_text()
     assert "exit code" in error and "train.py: error:" in error and "no_such_corpus" in error
     assert "Traceback" not in error  # --quiet: the launcher adds no traceback of its own
-    assert (out / "report.md").is_file() and "failed" in (out / "summary.csv").read_text()
+    md = (out / "report.md").read_text()
+    assert f"last launch failed (see `ablate_error.log` in each): `{failed.name}`" in md
+    assert read_launches(out)[0][0]["status"] == "failed"

@@ -1,0 +1,16 @@
+"""Ablation sweeps: a grid of training runs, launched, resumed and summarized.
+
+    spec.py       a sweep file -> a validated `Sweep` of runs, resolved through the trainer's own parser
+    plan.py       what each run directory needs (skip, resume, start fresh) and the token caches built up front
+    scheduler.py  `accelerate launch` per run over device slots, with the outcome of each launch
+    directory.py  the sweep directory's files: sweep.yaml, the launch log, the names of everything else
+    stats.py      seed spread, ranking within it, LR sensitivity, best and largest stable LR (pure functions)
+    findings.py   the published findings a sweep file may declare it tests, and the rule that computes each verdict
+    study.py      a sweep directory read back: runs grouped into variants, and each variant's results
+    figures.py    the one list of the report's figures
+    report.py     summary.csv and report.md
+    ablate.py     the `scripts/ablate.py` command; report.py's `main` is `scripts/report.py`
+
+Only spec.py, plan.py and ablate.py import the trainer's config (and with it torch and transformers); the report's
+modules stay light so that `scripts/report.py` starts fast.
+"""

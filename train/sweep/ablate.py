@@ -1,0 +1,128 @@
+"""The `scripts/ablate.py` command: validate a sweep, plan each run, prepare the data once, launch, then report.
+
+The command line and the sweep file format are documented in scripts/ablate.py and train/sweep/spec.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from train.run_directory import RunStatus
+from train.sweep import report
+from train.sweep.directory import ERROR_LOG, RUNS, run_dir, write_sweep_record
+from train.sweep.plan import Action, plan_sweep, prepare_data_once
+from train.sweep.scheduler import Outcome, Scheduler, command_line, gpu_slots, launch_command
+from train.sweep.spec import Sweep, SweepError, load_sweep
+
+
+def plural(n: int, what: str = "run") -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Run a grid of training runs (an ablation sweep), then write its report.",
+        epilog="See the module docstring (scripts/ablate.py) for the sweep file format.",
+    )
+    parser.add_argument("sweep", help="sweep YAML file (base, overrides, grid, exclude, description)")
+    parser.add_argument("--output_dir", required=True, help="sweep directory: DIR/runs/<name>/, report, figures")
+    parser.add_argument("--dry_run", action="store_true", help="validate and print each run's command; run nothing")
+    parser.add_argument("--no_report", action="store_true", help="skip scripts/report.py at the end")
+    parser.add_argument(
+        "--accelerate_config",
+        help="accelerate config file for every run (mixed precision etc.; default: your `accelerate config`); "
+        "ablate.py still sets one process per run and pins GPUs itself",
+    )
+    return parser.parse_args(argv)
+
+
+def print_dry_run(sweep: Sweep, actions: dict[str, Action], out_dir: Path, accelerate_config: str | None) -> None:
+    """Each run's command, with the GPU it would get; nothing is written."""
+    slots = gpu_slots()
+    for i, spec in enumerate(sweep.runs):
+        action = actions[spec.name]
+        if action is Action.DONE:
+            print(f"# {spec.name}: finished, skipped")
+            continue
+        slot = slots[i % len(slots)]
+        print(f"# {spec.name}: {action}")
+        cmd = launch_command(spec, run_dir(out_dir, spec.name), action, len(slots) > 1, accelerate_config)
+        print(command_line(cmd, slot))
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (a scheduler's stop) ends the sweep as Ctrl-C does: every run stopped
+
+
+def launch(sweep: Sweep, actions: dict[str, Action], out_dir: Path, accelerate_config: str | None) -> list[Outcome]:
+    todo = [(spec, actions[spec.name]) for spec in sweep.runs if actions[spec.name] is not Action.DONE]
+    if not todo:
+        print(f"nothing to launch: all {len(sweep.runs)} runs finished")
+        return []
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        prepare_data_once([spec for spec, _ in todo], say=lambda line: print(line, flush=True))
+        return Scheduler(out_dir, accelerate_config).run(todo, len(sweep.runs), len(sweep.runs) - len(todo))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def print_outcomes(outcomes: list[Outcome], out_dir: Path) -> None:
+    counts = {status: sum(o.status is status for o in outcomes) for status in RunStatus}
+    extra = "".join(f", {counts[s]} {s}" for s in (RunStatus.STALLED, RunStatus.INTERRUPTED) if counts[s])
+    print(
+        f"launched {plural(len(outcomes))}: {counts[RunStatus.COMPLETED]} completed, {counts[RunStatus.DIVERGED]} "
+        f"diverged, {counts[RunStatus.FAILED]} failed{extra}"
+    )
+    for o in outcomes:
+        if o.status is RunStatus.FAILED:
+            print(f"  failed: {o.spec.name} (exit code {o.exit_code}): {run_dir(out_dir, o.spec.name) / ERROR_LOG}")
+        elif o.status is RunStatus.INTERRUPTED:
+            print(f"  interrupted: {o.spec.name}; run the same command again to resume it")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 when every launch ended in a result, 1 when one failed or was interrupted (or the report failed), 2 for
+    bad input (one line on stderr), 130 when stopped by Ctrl-C or SIGTERM."""
+    args = parse(argv)
+    out_dir = Path(args.output_dir)
+    try:
+        if args.accelerate_config and not Path(args.accelerate_config).is_file():
+            raise SweepError(f"accelerate config '{args.accelerate_config}' does not exist")
+        if out_dir.exists() and not out_dir.is_dir():
+            raise SweepError(f"--output_dir '{out_dir}' is a file, not a directory")
+        sweep = load_sweep(Path(args.sweep))
+        actions = plan_sweep(sweep, out_dir)
+    except SweepError as err:
+        print(f"ablate.py: error: {err}", file=sys.stderr)
+        return 2
+    count = {a: sum(1 for x in actions.values() if x is a) for a in Action}
+    print(
+        f"sweep {sweep.path}: {plural(len(sweep.runs))}; {count[Action.DONE]} finished (skipped), "
+        f"{count[Action.RESUME]} to resume, {count[Action.FRESH]} to start; output in {out_dir}",
+        flush=True,
+    )
+    if args.dry_run:
+        print_dry_run(sweep, actions, out_dir, args.accelerate_config)
+        return 0
+    try:
+        (out_dir / RUNS).mkdir(parents=True, exist_ok=True)
+        write_sweep_record(out_dir, sweep.record())
+    except OSError as err:
+        print(f"ablate.py: error: cannot write to --output_dir '{out_dir}' ({err.strerror or err})", file=sys.stderr)
+        return 2
+    try:
+        outcomes = launch(sweep, actions, out_dir, args.accelerate_config)
+    except KeyboardInterrupt:
+        return 130
+    if outcomes:
+        print_outcomes(outcomes, out_dir)
+    unfinished = any(o.status in (RunStatus.FAILED, RunStatus.INTERRUPTED) for o in outcomes)
+    code = 1 if unfinished else 0
+    if not args.no_report:
+        code = max(code, 1 if report.main([str(out_dir)]) else 0)
+    return code

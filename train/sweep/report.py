@@ -1,0 +1,607 @@
+"""A sweep directory's report: summary.csv (one row per run), figures/ and report.md.
+
+report.md is built by `STEPS`, one function per section, each taking the `Context` and returning its lines. A new
+section is one function and one entry there. The findings section (`findings_section`, after `comparisons`) has one row
+per published finding the sweep's `findings:` declaration names, with the verdict train/sweep/findings.py computes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from train.run_directory import RunStatus, atomic_write, describe_hardware, hardware
+from train.sweep import figures, findings, stats
+from train.sweep.directory import FIGURES_DIR, REPORT_MD, SUMMARY_CSV, SweepDirectoryError, fmt_value
+from train.sweep.study import Study, StudyRun, VariantResult, analyse, load_study, number
+
+DEFAULT_TOLERANCE = 0.1  # nats of final validation loss
+# summary.csv after run, grid keys and variant; the column set and formatting are a compatibility promise.
+SUMMARY_COLUMNS = (
+    "status",
+    "steps",
+    "max_steps",
+    "init_val_loss",
+    "final_val_loss",
+    "best_val_loss",
+    "final_train_loss",
+    "diverged",
+    "diverged_step",
+    "spike_count",
+    "max_grad_norm",
+    "max_attn_logit",
+    "tokens_per_sec",
+    "wall_time",
+    "num_parameters",
+)
+# How each variant's norms are set up: (column, key of summary.json's `model` section and of run_config.yaml).
+NORM_SETTINGS = (
+    ("norm", "norm_type"),
+    ("placement", "norm_placement"),
+    ("eps", "rms_norm_eps"),
+    ("qk_norm", "qk_norm"),
+    ("z_loss", "z_loss"),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# summary.csv
+
+
+def csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    return fmt_value(value) if isinstance(value, bool) else str(value)
+
+
+def summary_values(run: StudyRun) -> list[Any]:
+    """SUMMARY_COLUMNS of one run, from its summary; a run without one shows only its progress."""
+    summary = run.summary
+    if summary is None:
+        progress = {
+            "status": run.status.value,
+            "steps": run.run.last_step(),
+            "max_steps": run.run.config.get("max_steps"),
+        }
+        return [progress.get(column) for column in SUMMARY_COLUMNS]
+    values = summary.to_dict()
+    values["diverged_step"] = summary.stop_step if run.diverged else None
+    return [values.get(column) for column in SUMMARY_COLUMNS]
+
+
+def write_summary_csv(study: Study, path: Path) -> None:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["run", *study.grid_keys, "variant", *SUMMARY_COLUMNS])
+    for run in study.runs:
+        row = [run.name, *(run.grid.get(k) for k in study.grid_keys), study.variant(run), *summary_values(run)]
+        writer.writerow([csv_value(v) for v in row])
+    atomic_write(path, out.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Formatting
+
+
+def f3(value: Any, digits: int = 3) -> str:
+    v = number(value)
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def g(value: Any) -> str:
+    v = number(value)
+    return "–" if v is None else f"{v:g}"
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(esc(h) for h in columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+
+
+def count(n: float) -> str:
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    if seconds < 10:
+        return f"{seconds:.2g} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def names(runs: Sequence[StudyRun], most: int = 10) -> str:
+    return ", ".join(f"`{r.name}`" for r in runs[:most]) + (" ..." if len(runs) > most else "")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# report.md, section by section
+
+
+@dataclass
+class Context:
+    study: Study
+    results: dict[str, VariantResult]
+    drawn: dict[str, str | None]  # figure name -> file in figures/, None where not drawn
+    tolerance: float
+    judged: list[findings.Judgement] = field(default_factory=list)  # the findings sweep.yaml declares, judged
+
+    @property
+    def best_stats(self) -> dict[str, stats.Spread]:
+        """Each variant's final val loss at its best LR, where it has one."""
+        return {v: r.at_best for v, r in self.results.items() if r.at_best is not None}
+
+    @property
+    def sensitivity_stats(self) -> dict[str, stats.Spread]:
+        return {v: r.sensitivity for v, r in self.results.items() if r.sensitivity is not None}
+
+
+def header(ctx: Context) -> list[str]:
+    study = ctx.study
+    counts = ", ".join(f"{n} {status}" for status, n in study.status_counts().items())
+    lines = [f"# Ablation report: {study.out_dir.name}", ""]
+    lines.append(
+        f"Generated {datetime.now():%Y-%m-%d %H:%M} by `scripts/report.py` from `{study.out_dir}`. "
+        f"{len(study.runs)} runs in the grid: {counts}. Statistics use finished runs only."
+    )
+    if study.record is not None and study.record.description:
+        lines += ["", str(study.record.description).strip()]
+    return [*lines, ""]
+
+
+def variant_settings(study: Study, variant: str) -> list[str]:
+    """The variant's norm setup, numerics and parameter count, as one row of the setup table."""
+    runs = study.finished(variant) or [r for r in study.runs if study.variant(r) == variant]
+
+    def joined(values: Any, missing: str) -> str:
+        values = list(dict.fromkeys(v for v in values if v is not None))
+        return " / ".join(values) if values else missing
+
+    row = [variant]
+    for _, key in NORM_SETTINGS:
+        row.append(joined((fmt_value(v) for r in runs if (v := r.model_setting(key)) is not None), "not recorded"))
+    params = sorted({p for r in runs if r.summary is not None and (p := number(r.summary.num_parameters))})
+    row.append(", ".join(f"{p / 1e6:.2f}M" for p in params) if params else "–")
+    numerics = (r.summary.model.get("norm_numerics") for r in runs if r.summary is not None)
+    row.append(joined(numerics, "not recorded (no summary.json with model.norm_numerics)"))
+    return row
+
+
+def setup(ctx: Context) -> list[str]:
+    lines = ["## Variants and their normalization setup", ""]
+    lines.append(
+        "A variant is one combination of the grid fields other than learning rate and seed. Norm type, placement, "
+        "epsilon, QK-norm, z-loss and the numerics of the norm (where the float32 upcast happens) come from each "
+        "run's `summary.json` (`model` section), else from its `run_config.yaml`."
+    )
+    lines.append("")
+    columns = ["variant", *(label for label, _ in NORM_SETTINGS), "params", "norm numerics (float32 upcast)"]
+    return [*lines, *table(columns, [variant_settings(ctx.study, v) for v in ctx.study.variants()]), ""]
+
+
+def results_row(ctx: Context, variant: str) -> list[Any]:
+    result, lr_axis = ctx.results[variant], bool(ctx.study.lr_key)
+    s = result.at_best
+    row = [variant, g(result.best_lr) if lr_axis else "–", s.text() if s else "–", s.n if s else 0]
+    if lr_axis:
+        sens = result.sensitivity
+        in_stats = bool(ctx.study.per_lr(variant))  # "none" is a result; "–" says there was nothing to judge
+        stable = g(result.stable_lr) if result.stable_lr else ("none" if in_stats else "–")
+        row += [stable, sens.text() if sens else "–", len(result.sensitivity_seeds)]
+    spikes, grads, logits = (result.aggregates[k] for k in ("spike_count", "max_grad_norm", "max_attn_logit"))
+    return [*row, g(spikes), f3(grads, 2), f3(logits, 2)]
+
+
+def results(ctx: Context) -> list[str]:
+    lines = ["## Results", ""]
+    if not ctx.study.finished():
+        return [*lines, "No run has finished yet (no `summary.json`): nothing to compare.", ""]
+    columns = ["variant", "best LR", "final val loss at best LR", "seeds"]
+    if ctx.study.lr_key:
+        columns += [f"largest stable LR (±{ctx.tolerance:g} nats)", "LR sensitivity", "seeds w/ full LR grid"]
+    columns += ["spikes (total)", "max grad norm", "max attn logit"]
+    lines += [*table(columns, [results_row(ctx, v) for v in ctx.study.variants()]), ""]
+    if ctx.study.unigram_entropy is not None:
+        lines.append(
+            f"Unigram entropy of the training tokens: {ctx.study.unigram_entropy:.3f} nats, the loss of predicting "
+            "each token from its frequency alone; a run whose loss sits there after warm-up is *stalled* (it learnt "
+            "no context). It is the dotted line on the loss figures."
+        )
+    lines.append(
+        f"{stats.spread_meaning(list(ctx.best_stats.values()))}. Best LR: lowest mean final validation loss among LRs "
+        "where no seed diverged. Largest stable LR: the largest LR where no seed diverged and the mean final loss is "
+        f"within {ctx.tolerance:g} nats of the best LR's. LR sensitivity is measured from each variant's own best "
+        "loss, so a variant that trains equally badly at every LR scores low: read it next to the final loss. Spikes, "
+        "max grad norm and max attention logit are over all of a variant's finished runs (every LR)."
+    )
+    no_val = ctx.study.without_val_loss()
+    if no_val:
+        lines.append(
+            f"{len(no_val)} finished run(s) have no validation loss (trained with `validation_split_percentage` 0, "
+            f"or summary.json has none): they are in no validation-loss statistic above: {names(no_val)}."
+        )
+    return [*lines, ""]
+
+
+def comparison_pairs(study: Study, labels: Sequence[str]) -> list[tuple[str, str, str, str, str]]:
+    """(variant a, variant b, label a, label b, context) to compare: every pair when there is one variant field,
+    else the pairs that differ in exactly one field, labelled by that field and the fields held fixed."""
+    keys = study.variant_keys
+    out = []
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
+            va, vb = study.variant_values(a), study.variant_values(b)
+            differ = [k for k in keys if va.get(k) != vb.get(k)]
+            if len(keys) <= 1:
+                out.append((a, b, a, b, ""))
+            elif len(differ) == 1:
+                k = differ[0]
+                fixed = ", ".join(f"{f}={fmt_value(va.get(f))}" for f in keys if f != k)
+                out.append((a, b, f"{k}={fmt_value(va[k])}", f"{k}={fmt_value(vb[k])}", fixed))
+    return out
+
+
+def comparisons(ctx: Context) -> list[str]:
+    if not ctx.study.finished():
+        return []
+    lines = ["### Comparisons", ""]
+    lines.append(
+        "Each comparison gives both means with their seed spread. Two variants are ranked only when their "
+        "mean ± spread intervals do not overlap; otherwise they are *not distinguishable at this seed count*. "
+        "With several variant fields, each line changes one field and holds the others (in brackets); the "
+        "orderings below cover every pair."
+    )
+    lines.append("")
+    quantity = "final val loss at its best LR" if ctx.study.lr_key else "final val loss"
+    best, sens = ctx.best_stats, ctx.sensitivity_stats
+    for spreads, what in ((best, quantity), (sens, "LR sensitivity")):
+        pairs = comparison_pairs(ctx.study, list(spreads))
+        if not pairs and spreads is best:
+            lines.append("Fewer than two variants have finished runs with a validation loss: nothing to compare.")
+        for a, b, label_a, label_b, context in pairs:
+            lines.append("- " + stats.compare(label_a, spreads[a], label_b, spreads[b], what, context=context))
+    lines.append("")
+    return [*lines, *orderings(best, sens), ""]
+
+
+def orderings(best: dict[str, stats.Spread], sens: dict[str, stats.Spread]) -> list[str]:
+    lines = []
+    for title, spreads in (("final loss", best), ("LR sensitivity", sens)):
+        if len(spreads) < 2:
+            continue
+        pairs = stats.ranking(spreads)
+        if pairs:
+            text = "; ".join(f"{a} < {b}" for a, b in pairs)
+            lines.append(f"Resolved orderings ({title}, lower is better): {text}. All other pairs: not ranked.")
+        else:
+            lines.append(f"Ranking by {title}: no pair of variants is distinguishable at this seed count.")
+    for a, b in stats.uniformly_worse(sens, best):
+        lines.append(
+            f"Caveat: {a} has the lower LR sensitivity but the distinguishably higher best loss than {b}: it is "
+            "uniformly worse across the LR grid, not more robust to the learning rate."
+        )
+    return lines
+
+
+def per_lr_cell(study: Study, variant: str, lr: float, spreads: list[stats.Spread]) -> str:
+    values = study.per_lr(variant).get(lr)
+    if not values:
+        ran = any(study.lr(r) == lr for r in study.finished(variant))
+        return "no val loss" if ran else "not run"
+    ok = [x for x in values if x is not None]
+    spread = stats.seed_spread(ok)
+    cell = spread.text() if spread else ""
+    if spread:
+        spreads.append(spread)
+    if len(ok) < len(values):
+        cell = (cell + " " if cell else "") + f"(diverged {len(values) - len(ok)}/{len(values)})"
+    stalled = sum(r.status is RunStatus.STALLED and study.lr(r) == lr for r in study.finished(variant))
+    if stalled:
+        cell += f" (stalled {stalled}/{len(values)})"
+    return cell
+
+
+def findings_section(ctx: Context) -> list[str]:
+    if not ctx.judged:
+        return []
+    lines = ["### Published findings", ""]
+    lines.append(
+        "The sweep file declares which published findings it tests and which variant plays each role. Every "
+        "verdict is computed from the runs by the rules below, never written by hand: a finding's claim is split "
+        "into checks, each of which supports it, contradicts it or cannot decide; the verdict is *reproduced* when "
+        "every check supports the claim, *not reproduced* when one contradicts it, and otherwise *inconclusive at "
+        "this seed count*."
+    )
+    rows = [
+        [
+            f"({j.finding.key}) {j.finding.title}",
+            f"{j.finding.claim} ({j.finding.citation})",
+            "; ".join(f"{role}: {variant}" for role, variant in j.variants.items()),
+            "; ".join(f"{c.text} [{CHECK_WORDS[c.supports]}]" for c in j.checks),
+            f"**{j.verdict}**",
+        ]
+        for j in ctx.judged
+    ]
+    lines += ["", *table(["finding", "published claim", "roles", "this study measured", "verdict"], rows), ""]
+    margin = ctx.tolerance
+    lines.append(
+        f"{stats.spread_meaning(list(ctx.best_stats.values()))}. Two values are distinguishable when their "
+        f"mean ± spread intervals do not overlap; *equal within {margin:g} nats* when they overlap and the two "
+        f"spreads add up to at most {margin:g} nats (the report's --tolerance), so that a larger difference would "
+        "have been resolved: overlapping intervals alone only say that a difference is within the noise, not that "
+        "it is small. Stalled and diverged runs count as failures at their learning rate."
+    )
+    lines += ["", "How each verdict is computed:", ""]
+    for j in ctx.judged:
+        lines.append(f"- ({j.finding.key}) {j.finding.rule.format(margin=margin, threshold=findings.LOGIT_THRESHOLD)}")
+    lines.append(
+        "- A verdict is about this small-scale proxy (the scale in *What this does and does not show* below), and at "
+        "this seed count a resolved difference is a hint, not a significance test."
+    )
+    return [*lines, ""]
+
+
+CHECK_WORDS = {True: "supports", False: "contradicts", None: "cannot decide"}
+
+
+def per_lr_table(ctx: Context) -> list[str]:
+    study = ctx.study
+    if not study.finished() or not study.lr_key:
+        return []
+    spreads: list[stats.Spread] = []
+    variants = study.variants()
+    rows = [[g(lr), *(per_lr_cell(study, v, lr, spreads) for v in variants)] for lr in study.lrs]
+    lines = ["### Final validation loss per learning rate", "", *table(["LR", *variants], rows), ""]
+    return [*lines, f"{stats.spread_meaning(spreads)} (diverged runs excluded from the mean).", ""]
+
+
+def figure_section(ctx: Context) -> list[str]:
+    lines = ["## Figures", ""]
+    if not ctx.study.lr_key:
+        lines += ["The grid has no learning_rate axis: the per-LR figures and LR sensitivity do not apply.", ""]
+    for figure in figures.FIGURES:
+        drawn = ctx.drawn.get(figure.name)
+        if drawn:
+            lines += [f"![{figure.name}]({FIGURES_DIR}/{drawn})", "", f"*{figure.caption}*", ""]
+        elif ctx.study.lr_key or not figure.needs_lr_axis:
+            lines += [f"- *{figure.name}*: not drawn (no data for it in the finished runs).", ""]
+    return lines
+
+
+def run_row(run: StudyRun) -> list[str]:
+    s = run.summary
+    if s is None:  # only its progress
+        return [run.name, run.status.value, g(run.run.last_step()), *["–"] * 8]
+    tokens_per_sec = number(s.tokens_per_sec)
+    return [
+        run.name,
+        run.status.value,
+        g(s.steps),
+        f3(s.init_val_loss),
+        f3(s.final_val_loss),
+        f3(s.best_val_loss),
+        g(s.spike_count),
+        f3(s.max_grad_norm, 2),
+        f3(s.max_attn_logit, 2),
+        g(round(tokens_per_sec)) if tokens_per_sec else "–",
+        duration(number(s.wall_time)),
+    ]
+
+
+def runs(ctx: Context) -> list[str]:
+    study = ctx.study
+    columns = ["run", "status", "steps", "init val", "final val", "best val", "spikes", "max grad norm"]
+    lines = ["## Runs", "", *table([*columns, "max attn logit", "tok/s", "wall"], [run_row(r) for r in study.runs]), ""]
+    failed = [r for r in study.runs if r.launch_failed]
+    if failed:
+        lines += [f"Runs whose last launch failed (see `ablate_error.log` in each): {names(failed, len(failed))}.", ""]
+    if study.ignored:
+        ignored = ", ".join(f"`{n}`" for n in study.ignored[:10]) + (" ..." if len(study.ignored) > 10 else "")
+        lines += [f"Ignored {len(study.ignored)} run directories that are not in sweep.yaml: {ignored}", ""]
+    if study.problems:
+        lines += ["Could not be read (each also printed as a warning):", ""]
+        lines += [f"- {problem}" for problem in study.problems] + [""]
+    return lines
+
+
+def sweep_definition(ctx: Context) -> list[str]:
+    lines = ["## Sweep definition", ""]
+    record = ctx.study.record
+    if record is None:
+        inferred = ", ".join(ctx.study.grid_keys) or "none"
+        what = "No sweep.yaml: the grid was inferred from the fields that differ between the runs' run_config.yaml"
+        return [*lines, f"{what}: {inferred}.", ""]
+    shown = {k: getattr(record, k) for k in ("base", "overrides", "grid", "exclude") if getattr(record, k)}
+    if record.extra.get("findings"):
+        shown["findings"] = record.extra["findings"]
+    lines += ["```yaml", yaml.safe_dump(shown, sort_keys=False).rstrip(), "```", ""]
+    if record.sweep_file:
+        lines += [f"From `{record.sweep_file}`, resolved into `sweep.yaml`.", ""]
+    return lines
+
+
+def hardware_text(study: Study) -> str:
+    for run in study.finished():
+        described = run.summary.extra.get("hardware") or run.summary.device
+        if described:
+            return f"{described} (from the runs' summary.json)"
+    if study.record is not None and study.record.hardware:
+        return describe_hardware(study.record.hardware) + " (recorded by ablate.py on the machine that ran the sweep)"
+    local = describe_hardware(hardware())
+    return local + " (read now, on the machine writing this report: the runs may have used another)"
+
+
+def hardware_and_time(ctx: Context) -> list[str]:
+    walls = [w for r in ctx.study.finished() if (w := number(r.summary.wall_time)) is not None]
+    per_run = f" (per run {duration(min(walls))} to {duration(max(walls))})." if walls else "."
+    lines = ["## Hardware and time", "", f"- Hardware: {hardware_text(ctx.study)}."]
+    lines.append(
+        f"- Total wall time of the finished runs (sum of summary.json `wall_time`): {duration(sum(walls))} over "
+        f"{len(walls)} runs{per_run}"
+    )
+    launches = ctx.study.launches
+    if launches:
+        total = sum(number(x.get("seconds")) or 0 for x in launches)
+        lines.append(
+            f"- Launch-to-exit time of the {len(launches)} launches ablate.py made (process start, data loading, "
+            f"evaluation and saving included): {duration(total)}."
+        )
+    return [*lines, ""]
+
+
+def scale_line(study: Study) -> str:
+    finished = study.finished()
+    params = sorted({int(p) for r in finished if (p := number(r.summary.num_parameters))})
+    steps = sorted({r.summary.max_steps or r.summary.steps for r in finished})
+    tokens = [max((row.get("tokens") or 0 for row in r.run.metrics), default=0) for r in finished if not r.diverged]
+    seeds = len(study.grid_values(study.seed_key)) if study.seed_key else 1
+    size = ", ".join(count(p) for p in params) if params else "unknown-size"
+    scale = f"{size}-parameter models trained for {', '.join(map(str, steps)) or '?'} steps"
+    if any(tokens):
+        scale += f" (about {count(max(tokens))} training tokens per run)"
+    lrs = study.lrs
+    lr_text = f", {len(lrs)} learning rates from {min(lrs):g} to {max(lrs):g}." if lrs else "."
+    return f"- Scale: {scale}, {seeds} seed(s) per setting{lr_text}"
+
+
+def what_it_shows(ctx: Context) -> list[str]:
+    study = ctx.study
+    steps = [r.summary.max_steps for r in study.finished()]
+    lines = ["## What this does and does not show", "", scale_line(study)]
+    short = " After this few steps the final losses mostly reflect early-training speed, not what each variant would "
+    lines.append(
+        "- These are small-scale proxies in the sense of Wortsman et al. (2023): they show which variants train "
+        "stably over which learning-rate range at this size and how sensitive the final loss is to the learning "
+        "rate. They are not measurements of large models or of long training."
+        + (short + "converge to." if steps and max(steps) < 2000 else "")
+    )
+    lines.append(seed_count_caveat(sorted({s.n for s in ctx.best_stats.values()})))
+    if study.lr_key:
+        lines.append(
+            "- The best LR is chosen on the same runs its loss is reported for, which slightly favours variants "
+            "with noisier results; the LR grid is coarse, so a variant's true optimum may lie between grid points."
+        )
+    return [*lines, *coverage_caveats(study), ""]
+
+
+def seed_count_caveat(ns: list[int]) -> str:
+    if ns == [1] or not ns:
+        return (
+            "- With a single seed per setting there is no estimate of seed-to-seed variation, so no variant is "
+            "ranked above another."
+        )
+    return (
+        f"- With {'/'.join(map(str, ns))} seeds the spread estimate is itself rough: differences smaller than it are "
+        "reported as not distinguishable, and a resolved difference at this seed count is a hint, not a significance "
+        "test."
+    )
+
+
+def coverage_caveats(study: Study) -> list[str]:
+    finished, lines = study.finished(), []
+    diverged = [r for r in finished if r.diverged]
+    if diverged:
+        lines.append(
+            f"- {len(diverged)} of {len(finished)} finished runs diverged; they enter LR sensitivity at the loss at "
+            "initialization and are excluded from the loss means."
+        )
+    stalled = [r for r in finished if r.status is RunStatus.STALLED]
+    if stalled:
+        lines.append(
+            f"- {len(stalled)} of {len(finished)} finished runs stalled: their loss sat on the unigram-entropy plateau "
+            "after warm-up (they learnt token frequencies, not context). They enter the statistics with their final "
+            "loss, as trained-but-bad runs, not as divergences."
+        )
+    no_val = study.without_val_loss()
+    if no_val:
+        lines.append(
+            f"- {len(no_val)} of {len(finished)} finished runs have no validation loss, so they cannot enter any "
+            "validation-loss statistic (final loss, best and largest stable LR, LR sensitivity)."
+        )
+    missing = [r for r in study.runs if not r.finished]
+    if missing:
+        lines.append(
+            f"- {len(missing)} of {len(study.runs)} runs of the grid have no result yet (missing, running, "
+            "interrupted or failed): the statistics above cover only the finished ones, and LR sensitivity only "
+            "seeds with the whole LR grid."
+        )
+    lines.append(
+        "- Wall-clock and tokens/s are specific to the hardware above (and to whatever else ran on it); on CPU they "
+        "say nothing about GPU kernels such as the fused Triton RMSNorm."
+    )
+    return lines
+
+
+# The sections of report.md, in order.
+STEPS: tuple[Callable[[Context], list[str]], ...] = (
+    header,
+    setup,
+    results,
+    comparisons,
+    findings_section,
+    per_lr_table,
+    figure_section,
+    runs,
+    sweep_definition,
+    hardware_and_time,
+    what_it_shows,
+)
+
+
+def build_report(ctx: Context) -> str:
+    return "\n".join(line for step in STEPS for line in step(ctx))
+
+
+def write_report(out_dir: Path, tolerance: float = DEFAULT_TOLERANCE) -> Study:
+    """summary.csv, figures/ and report.md of the sweep directory `out_dir`; returns the study they describe."""
+    study = load_study(Path(out_dir))
+    results_by_variant = analyse(study, tolerance)
+    judged = findings.judge(study, results_by_variant, tolerance)  # a bad declaration stops here, before any file
+    write_summary_csv(study, study.out_dir / SUMMARY_CSV)
+    drawn = figures.draw_figures(study, results_by_variant, study.out_dir / FIGURES_DIR)
+    context = Context(study, results_by_variant, drawn, tolerance, judged)
+    atomic_write(study.out_dir / REPORT_MD, build_report(context))
+    return study
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`scripts/report.py DIR [--tolerance NATS]`; exit 2 with one line for an unusable directory."""
+    parser = argparse.ArgumentParser(description="Write summary.csv, report.md and figures/ for a sweep directory.")
+    parser.add_argument("dir", help="sweep output directory (holds runs/<name>/ and sweep.yaml)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help=f"largest stable LR: mean final loss within this many nats of the best LR's (default {DEFAULT_TOLERANCE})",
+    )
+    args = parser.parse_args(argv)
+    try:
+        if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
+            raise SweepDirectoryError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
+        study = write_report(Path(args.dir), args.tolerance)
+    except SweepDirectoryError as err:
+        print(f"report.py: error: {err}", file=sys.stderr)
+        return 2
+    for problem in study.problems:
+        print(f"report.py: warning: {problem}", file=sys.stderr)
+    done = len(study.finished())
+    print(f"report: {done}/{len(study.runs)} runs finished; wrote {study.out_dir / REPORT_MD}, {SUMMARY_CSV}, figures/")
+    return 0
