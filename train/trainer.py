@@ -217,8 +217,9 @@ class Trainer:
 
     def setup(self) -> None:
         self._setup_accelerator()
-        self._claim_output_dir()
+        self._wrote_anything = False
         try:
+            self._claim_output_dir()
             self._setup_data_and_config()
             self._setup_model_and_optimizer()
             self._setup_loop_state()
@@ -251,7 +252,6 @@ class Trainer:
         """Everything about the output directory and the checkpoint that can be checked cheaply, before data work;
         then the lock, held until the process ends."""
         args, out = self.args, self.output_dir
-        self._wrote_anything = False
         outdir.check_path(out)
         resuming = args.resume_from_checkpoint is not None
         if not resuming and outdir.holds_run(out):
