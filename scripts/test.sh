@@ -6,4 +6,4 @@ bash scripts/install.sh
 . .venv/bin/activate
 ruff check .
 ruff format --check .
-python -m pytest -q "$@"
+python -m pytest -q -n auto --maxprocesses 4 "$@"

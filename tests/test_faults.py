@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from synthetic_corpus import write_corpus
-from trainer_runs import command, error_line, losses, run, start, summary, wait_for_step
+from trainer_runs import command, flags, losses, refused, run, start, summary, wait_for_step
 
 from train import checkpoints as ckpt
 from train.run_directory import MetricsLog, RunStatus
@@ -65,21 +65,22 @@ def test_overwrite_never_removes_what_normgpt_did_not_write(corpus, cache, tmp_p
     (out / "code" / "analysis.py").write_text("print(1)")
     (out / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
     before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
-    message = error_line(run(command(corpus, cache, out, overwrite_output_dir="true"), code=2))
+    message = refused(flags(corpus, cache, out, overwrite_output_dir="true"))
     assert "it holds files normgpt did not write (code, thesis.tex)" in message
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
 
 
 @pytest.mark.parametrize("where", ["cwd", "parent", "home"])
-def test_overwrite_refuses_the_working_directory_its_parents_and_home(corpus, cache, tmp_path, where):
+def test_overwrite_refuses_the_working_directory_its_parents_and_home(corpus, cache, tmp_path, where, monkeypatch):
     work = tmp_path / "home" / "work"
     work.mkdir(parents=True)
     target = {"cwd": work, "parent": work.parent, "home": tmp_path / "home"}[where]
     (target / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')  # it looks like a run directory
-    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(work)
     given = "." if where == "cwd" else str(target)
-    proc = run(command(corpus, cache, Path(given), overwrite_output_dir="true"), code=2, cwd=work, env=env)
-    assert "--overwrite_output_dir refuses" in error_line(proc)
+    message = refused(flags(corpus, cache, Path(given), overwrite_output_dir="true"))
+    assert "--overwrite_output_dir refuses" in message
     assert (target / "metrics.jsonl").is_file()
 
 
@@ -95,9 +96,9 @@ def test_output_dir_that_is_a_file_or_cannot_be_created_is_refused_before_data_w
     a_file = tmp_path / "file"
     a_file.write_text("x")
     never_read = tmp_path / "no-such-dataset"  # the data error would come first if the output check came later
-    message = error_line(run(command(never_read, cache, a_file), code=2))
+    message = refused(flags(never_read, cache, a_file))
     assert message == f"output_dir '{a_file}' is a file, not a directory; pass a directory path"
-    message = error_line(run(command(never_read, cache, a_file / "run"), code=2))
+    message = refused(flags(never_read, cache, a_file / "run"))
     assert "cannot be created" in message and a_file.read_text() == "x"
 
 
@@ -107,7 +108,7 @@ def test_read_only_output_dir_is_refused(cache, tmp_path):
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        assert "is not writable" in error_line(run(command(tmp_path / "nope", cache, ro / "run"), code=2))
+        assert "is not writable" in refused(flags(tmp_path / "nope", cache, ro / "run"))
     finally:
         ro.chmod(0o755)
 
@@ -117,8 +118,7 @@ def test_two_runs_into_one_directory_the_second_fails_at_once(corpus, cache, tmp
     first = start(command(corpus, cache, out, max_steps=400, save_steps=0, eval_steps=0))
     try:
         wait_for_step(out, 2, first)
-        second = run(command(corpus, cache, out, overwrite_output_dir="true"), code=2)
-        assert "is in use by another normgpt run" in error_line(second)
+        assert "is in use by another normgpt run" in refused(flags(corpus, cache, out, overwrite_output_dir="true"))
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=120)
@@ -180,12 +180,12 @@ def test_a_payload_in_any_checkpoint_file_runs_nothing_and_is_refused(corpus, ca
     target = out / "checkpoint-6" / name
     plant(target, marker)
     before = (out / "summary.json").read_bytes()
-    proc = run(command(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-6")), code=2)
-    assert f"'{target}' does not match the checkpoint's manifest" in error_line(proc)
+    message = refused(flags(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-6")))
+    assert f"'{target}' does not match the checkpoint's manifest" in message
     # An attacker who also rewrites the manifest gets no further: the unpickler loads plain data only.
     ckpt.write_manifest(out / "checkpoint-6", 6)
-    proc = run(command(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-6")), code=2)
-    assert str(target) in error_line(proc)
+    message = refused(flags(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-6")))
+    assert str(target) in message
     assert not marker.exists()
     assert (out / "summary.json").read_bytes() == before
 
@@ -195,8 +195,8 @@ def test_random_bytes_in_the_optimizer_state_are_refused_naming_the_file(corpus,
     with open(out / "checkpoint-12" / "optimizer.bin", "ab") as f:
         f.write(os.urandom(4096))
     before = (out / "summary.json").read_bytes()
-    proc = run(command(corpus, cache, out, resume_from_checkpoint="latest", max_steps=20), code=2)
-    assert "optimizer.bin' does not match the checkpoint's manifest" in error_line(proc)
+    message = refused(flags(corpus, cache, out, resume_from_checkpoint="latest", max_steps=20))
+    assert "optimizer.bin' does not match the checkpoint's manifest" in message
     assert (out / "summary.json").read_bytes() == before
 
 
@@ -206,8 +206,8 @@ def test_legacy_checkpoint_with_a_hostile_pickle_runs_nothing(corpus, cache, tmp
     shutil.copytree(Path(__file__).parent / "data" / "legacy_run", out)
     marker = tmp_path / "PWNED"
     plant(out / "checkpoint-6" / "custom_checkpoint_1.pkl", marker)
-    proc = run(command(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-6")), code=2)
-    assert "custom_checkpoint_1.pkl" in error_line(proc) and "not a plain-data checkpoint file" in error_line(proc)
+    message = refused(flags(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-6")))
+    assert "custom_checkpoint_1.pkl" in message and "not a plain-data checkpoint file" in message
     assert not marker.exists()
 
 
@@ -215,8 +215,8 @@ def test_latest_skips_an_incomplete_checkpoint_and_a_path_to_one_is_refused(corp
     out = copy_run(finished, tmp_path / "run")
     (out / "checkpoint-99").mkdir()
     assert ckpt.resolve_checkpoint("latest", out) == out / "checkpoint-12"
-    proc = run(command(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-99")), code=2)
-    assert "has no manifest.json (it was never completely written)" in error_line(proc)
+    message = refused(flags(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-99")))
+    assert "has no manifest.json (it was never completely written)" in message
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -238,8 +238,7 @@ def test_resume_with_different_settings_is_refused_before_anything_is_written(
 ):
     out = copy_run(finished, tmp_path / "run")
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    proc = run(command(corpus, cache, out, resume_from_checkpoint="latest", max_steps=20, **change), code=2)
-    message = error_line(proc)
+    message = refused(flags(corpus, cache, out, resume_from_checkpoint="latest", max_steps=20, **change))
     assert message.startswith(f"cannot resume from '{out / 'checkpoint-12'}' with different settings: ")
     assert expected in message
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".normgpt.lock"} == {
@@ -311,7 +310,10 @@ def ddp_launcher() -> list[str]:
 def test_sigterm_under_ddp_stops_every_rank_at_the_same_step_and_resumes_exactly(corpus, cache, tmp_path):
     common = {"max_steps": 40, "save_steps": 0, "eval_steps": 0}
     full = tmp_path / "full"
-    run(command(corpus, cache, full, launcher=ddp_launcher(), **common))
+    done = run(command(corpus, cache, full, launcher=ddp_launcher(), **common))
+    # real DDP over gloo: both ranks' tokens are counted, and the replicas end identical
+    assert "2 process(es)" in done.stdout and "ranks agree: parameters identical on all 2 processes" in done.stdout
+    assert [r["tokens"] for r in MetricsLog(full / "metrics.jsonl").rows() if "loss" in r][-1] == 40 * 2 * 4 * 32
     out = tmp_path / "preempted"
     proc = start(command(corpus, cache, out, launcher=ddp_launcher(), **common))
     wait_for_step(out, 8, proc)
@@ -334,9 +336,9 @@ def test_a_run_killed_before_its_first_checkpoint_gets_a_hint_not_a_dead_end(cor
     wait_for_step(out, 2, proc)
     proc.kill()
     proc.wait()
-    again = error_line(run(command(corpus, cache, out), code=2))
+    again = refused(flags(corpus, cache, out))
     assert "(it stopped before its first checkpoint)" in again and "--overwrite_output_dir" in again
-    latest = error_line(run(command(corpus, cache, out, resume_from_checkpoint="latest"), code=2))
+    latest = refused(flags(corpus, cache, out, resume_from_checkpoint="latest"))
     assert "start it again with --overwrite_output_dir" in latest
     run(command(corpus, cache, out, overwrite_output_dir="true", max_steps=4, save_steps=0))
     assert summary(out).status is RunStatus.COMPLETED
@@ -354,7 +356,7 @@ def test_a_run_killed_before_its_first_checkpoint_gets_a_hint_not_a_dead_end(cor
 )
 def test_bad_values_are_one_line_before_anything_is_written(corpus, cache, tmp_path, flag, value, message):
     out = tmp_path / "run"
-    assert message in error_line(run(command(corpus, cache, out, **{flag: value}), code=2))
+    assert message in refused(flags(corpus, cache, out, **{flag: value}))
     assert not out.exists()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -32,10 +34,27 @@ TINY = {
 }
 
 
-def command(corpus: Path, cache: Path, out: Path, launcher: list[str] | None = None, **overrides) -> list[str]:
+def flags(corpus: Path, cache: Path, out: Path, **overrides) -> list[str]:
     args = {**TINY, "dataset": corpus, "cache_dir": cache, "output_dir": out, **overrides}
-    flags = [item for k, v in args.items() if v is not None for item in (f"--{k}", str(v))]
-    return [*(launcher or [sys.executable]), TRAIN, *flags]
+    return [item for k, v in args.items() if v is not None for item in (f"--{k}", str(v))]
+
+
+def command(corpus: Path, cache: Path, out: Path, launcher: list[str] | None = None, **overrides) -> list[str]:
+    return [*(launcher or [sys.executable]), TRAIN, *flags(corpus, cache, out, **overrides)]
+
+
+def refused(argv: list[str]) -> str:
+    """Run the entry point in this process (no interpreter start: refusals are checked in a second) and return the
+    one line a bad input gets; the exit code must be 2 and nothing else may be printed to stderr."""
+    from train.train import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    assert code == 2, f"exit {code}, wanted 2\n{err.getvalue()[-3000:]}"
+    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: "), err.getvalue()[-3000:]
+    return lines[0].removeprefix("train.py: error: ")
 
 
 def run(cmd: list[str], code: int = 0, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
