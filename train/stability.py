@@ -266,3 +266,57 @@ def attention_logit_probe(blocks: Sequence[nn.Module], max_sequences: int = 4) -
     finally:
         for handle in handles:
             handle.remove()
+
+
+# Summary fields that are the maximum of a probe over the whole run: probe row key -> Summary field.
+RUN_MAXIMA = {"attn_logit_max": "max_attn_logit"}
+
+
+class BlockProbes:
+    """The probes of one logging step, in the order the step runs them: `forward` around the forward pass of the last
+    micro-batch (its output must carry `hidden_states`), `before_update` after backward, `after_update` after the
+    optimizer step, which returns the finished row fields. A new per-block signal is a function above and a line
+    here; a run-wide maximum of it is a RUN_MAXIMA entry (and a Summary field).
+
+    `reduce` sums per-shard partial sums over processes (FSDP); identity otherwise."""
+
+    def __init__(self, blocks: Sequence[nn.Module], reduce=lambda t: t, max_sequences: int = 4) -> None:
+        self.blocks, self.reduce, self.max_sequences = blocks, reduce, max_sequences
+        self.row: dict = {}
+
+    def _norms(self, sq_sums: torch.Tensor) -> list[float]:
+        return [round(v, 6) for v in self.reduce(sq_sums).sqrt().tolist()]
+
+    @contextmanager
+    def forward(self) -> Iterator[None]:
+        with attention_logit_probe(self.blocks, self.max_sequences) as logits:
+            yield
+        self._logits = logits
+
+    def after_forward(self, out) -> None:
+        self.row = {
+            "resid_rms": [round(v, 5) for v in residual_rms(out.hidden_states).tolist()],
+            "attn_logit_max": [round(float(v), 4) for v in torch.stack(self._logits).tolist()],
+            "log_z": round(torch.logsumexp(out.logits.detach().float(), dim=-1).mean().item(), 5),
+        }
+
+    def before_update(self) -> None:
+        self.row["grad_norm_blocks"] = self._norms(block_sq_sums(self.blocks, "grad"))
+        self._before = snapshot_blocks(self.blocks)
+
+    def after_update(self) -> dict:
+        # ratio of L2 norms = ratio of RMS: both sums run over the same elements
+        weight = self._norms(block_sq_sums(self.blocks, "param"))
+        update = self._norms(update_sq_sums(self.blocks, self._before))
+        del self._before
+        self.row["update_ratio_blocks"] = [round(u / max(w, 1e-12), 8) for u, w in zip(update, weight, strict=True)]
+        order = ("grad_norm_blocks", "update_ratio_blocks", "resid_rms", "attn_logit_max", "log_z")
+        return {key: self.row[key] for key in order}
+
+
+def update_maxima(maxima: dict[str, float], row: dict) -> None:
+    """Fold a probe row into the run-wide maxima (RUN_MAXIMA)."""
+    for key, name in RUN_MAXIMA.items():
+        values = [v for v in row.get(key) or [] if v is not None and math.isfinite(v)]
+        if values:
+            maxima[name] = max(values + ([maxima[name]] if maxima.get(name) is not None else []))

@@ -50,16 +50,13 @@ from train.run_directory import (
     write_run_config,
 )
 from train.stability import (
+    BlockProbes,
     DivergenceMonitor,
     NonFiniteGuard,
     PlateauDetector,
     SpikeDetector,
-    attention_logit_probe,
-    block_sq_sums,
-    residual_rms,
-    snapshot_blocks,
     unigram_entropy,
-    update_sq_sums,
+    update_maxima,
 )
 
 SUMMARY_MODEL_FIELDS = (
@@ -89,13 +86,15 @@ class TrainerState:
     init_val_loss: float | None = None  # validation loss of the initial weights (step 0)
     best_val_loss: float | None = None
     max_grad_norm: float = 0.0  # largest finite pre-clipping gradient norm of any step
-    max_attn_logit: float | None = None  # largest attention logit any probe saw
     last_train_loss: float | None = None  # training loss of the last logged step
+    maxima: dict[str, float] = field(default_factory=dict)  # run-wide probe maxima (stability.RUN_MAXIMA)
 
     def load(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             if key in self.__dataclass_fields__:
                 setattr(self, key, value)
+        if state.get("max_attn_logit") is not None:  # a checkpoint of normgpt < 0.2 kept it as a field
+            self.maxima.setdefault("max_attn_logit", state["max_attn_logit"])
 
 
 @dataclass
@@ -331,6 +330,9 @@ class Trainer:
         # A compiled forward skips hooks added after compilation: probing steps run the same module uncompiled.
         self.eager_model = getattr(self.model, "_orig_mod", self.model)
         self.blocks = self.unwrapped.model.layers
+        fsdp = self.accelerator.distributed_type == DistributedType.FSDP  # per-shard partial sums
+        reduce = (lambda t: accelerator.reduce(t.to(accelerator.device), reduction="sum")) if fsdp else (lambda t: t)
+        self.probes = BlockProbes(self.blocks, reduce)
 
     def _setup_loop_state(self) -> None:
         args, accelerator, data = self.args, self.accelerator, self.data
@@ -510,11 +512,11 @@ class Trainer:
             last = micro == accumulation - 1
             # Skip the gradient all-reduce on all but the last micro-batch of the step.
             with contextlib.nullcontext() if last else accelerator.no_sync(self.model):
-                out, probes = self._forward(input_ids, probing and last)
+                out = self._forward(input_ids, probing and last)
                 accelerator.backward(out.loss / accumulation)
             step_loss += out.loss.detach() / accumulation
         if probing:
-            probes |= self._probe_before_update(out)
+            self.probes.before_update()
         # Norm of the full gradient before clipping (inf: measure without clipping).
         grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm or float("inf"))
         self.lr = self.scheduler.get_last_lr()[0]
@@ -527,9 +529,7 @@ class Trainer:
         state.elapsed = self.elapsed_before + time.perf_counter() - self.segment_start
         self.window.add(step_loss, grad_norm, self.tokens_per_step)
         self.grad_norm = grad_norm
-        if probing:
-            probes |= self._probe_after_update(probes.pop("before"))
-        return probes if probing else None
+        return self.probes.after_update() if probing else None
 
     def _optimizer_step(self, found_inf: torch.Tensor) -> None:
         """Apply the step unless `found_inf`: on the device for the fused kernel, on the host otherwise (CPU)."""
@@ -542,30 +542,11 @@ class Trainer:
 
     def _forward(self, input_ids: torch.Tensor, probe: bool):
         if not probe:
-            return self.model(input_ids=input_ids, labels=input_ids, use_cache=False), None
-        with attention_logit_probe(self.blocks) as logits:
+            return self.model(input_ids=input_ids, labels=input_ids, use_cache=False)
+        with self.probes.forward():
             out = self.eager_model(input_ids=input_ids, labels=input_ids, use_cache=False, output_hidden_states=True)
-        return out, {"attn_logit_max": logits, "resid_rms": residual_rms(out.hidden_states)}
-
-    def _block_norms(self, sq_sums: torch.Tensor) -> list[float]:
-        if self.accelerator.distributed_type == DistributedType.FSDP:  # per-shard partial sums
-            sq_sums = self.accelerator.reduce(sq_sums.to(self.accelerator.device), reduction="sum")
-        return [round(v, 6) for v in sq_sums.sqrt().tolist()]
-
-    def _probe_before_update(self, out) -> dict[str, Any]:
-        return {
-            "grad_norm_blocks": self._block_norms(block_sq_sums(self.blocks, "grad")),
-            "before": snapshot_blocks(self.blocks),
-            "log_z": torch.logsumexp(out.logits.detach().float(), dim=-1).mean(),
-        }
-
-    def _probe_after_update(self, before: list[list[torch.Tensor]]) -> dict[str, Any]:
-        # ratio of L2 norms = ratio of RMS: both sums run over the same elements
-        weight_norm = self._block_norms(block_sq_sums(self.blocks, "param"))
-        update_norm = self._block_norms(update_sq_sums(self.blocks, before))
-        return {
-            "update_ratio_blocks": [round(u / max(w, 1e-12), 8) for u, w in zip(update_norm, weight_norm, strict=True)]
-        }
+        self.probes.after_forward(out)
+        return out
 
     def _push_flags(self) -> None:
         if self._signal_seen is not None and not self._stop_sent:
@@ -630,7 +611,8 @@ class Trainer:
             row["mfu"] = round(tokens_per_sec * self.flops_per_token / (self.peak * self.accelerator.num_processes), 4)
             postfix["mfu"] = f"{row['mfu']:.1%}"
         if probes is not None:
-            row |= self._probe_row(probes)
+            row |= probes
+            update_maxima(state.maxima, probes)
         row |= {"spike_count": len(self.spikes.spike_steps), "spikes": new_spikes, "skipped_steps": self.skipped_steps}
         self._log(row)
         bar.set_postfix(postfix, refresh=False)
@@ -638,18 +620,6 @@ class Trainer:
             self._log({"step": state.step, "diverged": True, "reason": diverged})
             return RunStatus.DIVERGED, diverged
         return None
-
-    def _probe_row(self, probes: dict[str, Any]) -> dict[str, Any]:
-        attn_max = [float(v) for v in torch.stack(probes["attn_logit_max"]).tolist()]
-        seen = [self.state.max_attn_logit] if self.state.max_attn_logit is not None else []
-        self.state.max_attn_logit = max(attn_max + seen)
-        return {
-            "grad_norm_blocks": probes["grad_norm_blocks"],
-            "update_ratio_blocks": probes["update_ratio_blocks"],
-            "resid_rms": [round(v, 5) for v in probes["resid_rms"].tolist()],
-            "attn_logit_max": [round(v, 4) for v in attn_max],
-            "log_z": round(probes["log_z"].item(), 5),
-        }
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -720,7 +690,7 @@ class Trainer:
             spike_count=len(self.spikes.spike_steps),
             spike_steps=self.spikes.spike_steps,
             max_grad_norm=state.max_grad_norm,
-            max_attn_logit=state.max_attn_logit,
+            **state.maxima,
             tokens_per_sec=round(state.tokens / max(state.elapsed, 1e-9), 1),
             wall_time=round(state.elapsed, 3),
             num_parameters=self.n_params,
