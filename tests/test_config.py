@@ -62,6 +62,7 @@ def test_bool_flags():
         (["--report_to", "mlflow"], "invalid choice: 'mlflow'"),
         (["--config", "configs/nope.yaml"], "config file 'configs/nope.yaml' does not exist; presets in configs/"),
         (["--learn", "0.1"], "unrecognized arguments: --learn 0.1"),  # no silent prefix matching
+        (["--config", "configs"], "config file 'configs' is a directory; pass a YAML file; presets in configs/"),
     ],
 )
 def test_bad_flags_are_one_clear_line(argv, message):

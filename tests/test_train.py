@@ -117,6 +117,20 @@ def test_short_run_learns_and_writes_every_output(corpus, cache_dir, tmp_path):
     # stability probes on every logging row, one value per block
     assert all(len(r["grad_norm_blocks"]) == len(r["resid_rms"]) == len(r["attn_logit_max"]) == 2 for r in train_rows)
 
+    # run_config.yaml holds the value every field resolved to (no null standing for "the default of the day"), and
+    # reproduces the run's config when given back as --config.
+    import yaml
+
+    from train.config import parse_args
+
+    recorded = yaml.safe_load((out / "run_config.yaml").read_text())
+    assert all(v is not None for v in recorded["model"].values()), recorded["model"]
+    assert recorded["model"]["intermediate_size"] == 192 and recorded["model"]["rope_theta"] == 10000.0
+    given = parse_args(tiny_args(corpus, cache_dir, out, save_total_limit=1))
+    again = parse_args(["--config", str(out / "run_config.yaml")])
+    assert again.model_config().to_dict() == given.model_config().to_dict()
+    assert again.training == given.training and again.data.block_size == given.data.block_size
+
     # Mixed precision is autocast only: the saved model keeps float32 master weights.
     from safetensors.torch import load_file
 

@@ -196,6 +196,17 @@ class RunConfig:
         return sections
 
 
+# The optimizer's and the learning-rate schedule's hyperparameters (a resume must keep them; a model card shows them).
+OPTIMIZATION_FIELDS = (
+    "learning_rate",
+    "min_lr_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+)
 DEFAULT_VOCAB_SIZE = 4096  # of the BPE trained on the data when neither the preset nor the CLI sets one
 
 

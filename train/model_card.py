@@ -20,6 +20,7 @@ import yaml
 
 from model.norms import NORMS
 from train.apache_license import APACHE_2_0_TEXT, SPDX_ID
+from train.config import OPTIMIZATION_FIELDS
 from train.run_directory import (
     CARD_MARKER,
     DATA_INFO,
@@ -45,14 +46,7 @@ TRAINING_FIELDS = (
     "per_device_train_batch_size",
     "gradient_accumulation_steps",
     "block_size",
-    "learning_rate",
-    "warmup_steps",
-    "min_lr_ratio",
-    "weight_decay",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_epsilon",
-    "max_grad_norm",
+    *OPTIMIZATION_FIELDS,
     "seed",
     "torch_compile",
 )

@@ -16,22 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from model import NormGPTConfig
-from train.config import DEFAULT_VOCAB_SIZE, ConfigError, model_field
+from train.config import DEFAULT_VOCAB_SIZE, OPTIMIZATION_FIELDS, ConfigError, model_field
 from train.run_directory import DATA_INFO, RUN_CONFIG, read_run_config
 
 MODEL_FREE = ("rms_impl",)
-TRAINING_FIELDS = (
-    "learning_rate",
-    "min_lr_ratio",
-    "warmup_steps",
-    "weight_decay",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_epsilon",
-    "max_grad_norm",
-    "seed",
-    "per_device_train_batch_size",
-)
+TRAINING_FIELDS = (*OPTIMIZATION_FIELDS, "seed", "per_device_train_batch_size")
 
 
 def _resolved_model(section: dict[str, Any]) -> dict[str, Any]:
