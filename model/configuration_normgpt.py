@@ -16,6 +16,16 @@ NORM_PLACEMENTS = ("pre", "post", "peri")
 HIDDEN_ACTS = ("silu", "gelu")  # silu -> SwiGLU MLP, gelu -> plain GELU MLP
 RMS_IMPLS = ("auto", "triton", "torch")
 ROPE_TYPES = ("default", *ROPE_INIT_FUNCTIONS)
+# The model's sizes: positive integers, and what a stock architecture's config takes over unchanged.
+SIZE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+)
 
 
 class NormGPTConfig(PreTrainedConfig):
@@ -101,15 +111,7 @@ class NormGPTConfig(PreTrainedConfig):
 
     def _check(self) -> None:
         """Reject impossible configurations with one message that names the field and what it may be."""
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "num_key_value_heads",
-            "max_position_embeddings",
-        ):
+        for name in SIZE_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

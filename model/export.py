@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from model.configuration_normgpt import SIZE_FIELDS
 from train.run_directory import SUMMARY, read_json, write_json
 
 EXPORT_INFO = "export.json"
@@ -153,13 +154,7 @@ def stock_config(config: Any, target: StockTarget):
     kwargs: dict[str, Any] = {
         name: getattr(config, name)
         for name in (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "num_key_value_heads",
-            "max_position_embeddings",
+            *SIZE_FIELDS,
             "hidden_act",
             "initializer_range",
             "tie_word_embeddings",
