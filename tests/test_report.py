@@ -174,7 +174,7 @@ def fake_run(run_dir: Path, grid: dict, final: float | None, *, steps: int = 20,
         max_attn_logit=4.0,
         tokens_per_sec=1000.0,
         wall_time=last * 0.1 + 1.0,
-        num_parameters=12345,
+        num_parameters=12345 + 4 * (grid.get("norm") == "layer"),  # LayerNorm's biases: a few more, same at 3 digits
         learning_rate=grid.get("learning_rate", 3e-3),
         seed=grid.get("seed", 0),
         model={**model, "norm_numerics": NUMERICS},
@@ -257,6 +257,7 @@ def test_report_end_to_end_on_a_synthetic_sweep(tmp_path, capsys):
     assert "Caveat" not in md  # here post is both worse and more LR-sensitive: nothing to qualify
     assert "What this does and does not show" in md and "small-scale proxies" in md
     assert "2 seed(s) per setting" in md and "3 learning rates from 0.001 to 0.01" in md
+    assert "Scale: 12.3k-parameter models trained for 20 steps" in md  # sizes that print alike are named once
     assert "4 of 24 finished runs diverged" in md and "Test CPU; 2 CPU cores available" in md
     assert "1 of 24 finished runs stalled" in md
     assert "19 completed, 4 diverged, 1 stalled" in md
@@ -417,6 +418,20 @@ def test_a_new_figure_is_one_entry_in_the_list(tmp_path, monkeypatch):
     assert report.main([str(tmp_path)]) == 0
     assert not (tmp_path / "figures" / "lr_histogram.png").exists()
     assert "- *lr_histogram*: not drawn" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("panels", [1, 2, 4])
+def test_the_shared_legend_stays_inside_the_figure_however_long_the_variant_names(panels):
+    labels = [f"norm_placement={p}, warmup_steps={w}" for p in ("pre", "post") for w in (20, 100)]
+    fig, axes = figures.plt().subplots(1, panels, figsize=(4 * panels, 3.2), squeeze=False)
+    for label in labels:
+        axes[0, 0].plot([0, 1], [0, 1], label=label)
+    figures.legend_below(fig, axes)
+    fig.canvas.draw()
+    legend, inside = fig.legends[0].get_window_extent(), fig.bbox
+    assert inside.x0 <= legend.x0 and legend.x1 <= inside.x1 and inside.y0 <= legend.y0
+    assert legend.y1 <= min(ax.get_tightbbox().y0 for ax in axes.flat)  # below the panels' tick labels
+    figures.plt().close(fig)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -192,21 +192,26 @@ def draw_per_lr(
     for ax in axes[-1]:
         ax.set_xlabel("optimizer step")
     fig.suptitle(title + " (mean over seeds, band: min–max, x: diverged)", fontsize=10)
-    legend_below(fig, axes, nrows)
+    legend_below(fig, axes)
     save(fig, path, tight=False)
     return True
 
 
-def legend_below(fig: Any, axes: Any, nrows: int) -> None:
+def legend_below(fig: Any, axes: Any) -> None:
     """One legend for all panels, from the first panel that has curves (the first may have no finished run)."""
     handles, labels = [], []
     for ax in axes.flat:
         handles, labels = ax.get_legend_handles_labels()
         if handles:
             break
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
-    fig.tight_layout(rect=(0, 0.1 / nrows + 0.02 * math.ceil(len(labels) / 4), 1, 1))
+    if not handles:
+        fig.tight_layout()
+        return
+    # As many columns as the figure's width holds: 8-point text is ~15 characters an inch, a handle ~8 more.
+    ncol = max(1, min(len(labels), int(fig.get_figwidth() * 15 // (max(map(len, labels)) + 8))))
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8)
+    legend_inches = 0.12 + 0.2 * math.ceil(len(labels) / ncol)
+    fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
 
 
 def draw_final_vs_lr(study: Study, results: Results, path: Path) -> bool:

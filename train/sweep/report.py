@@ -473,7 +473,7 @@ def scale_line(study: Study) -> str:
     steps = sorted({r.summary.max_steps or r.summary.steps for r in finished})
     tokens = [max((row.get("tokens") or 0 for row in r.run.metrics), default=0) for r in finished if not r.diverged]
     seeds = len(study.grid_values(study.seed_key)) if study.seed_key else 1
-    size = ", ".join(count(p) for p in params) if params else "unknown-size"
+    size = ", ".join(dict.fromkeys(count(p) for p in params)) or "unknown-size"  # 1.38M once, not per variant
     scale = f"{size}-parameter models trained for {', '.join(map(str, steps)) or '?'} steps"
     if any(tokens):
         scale += f" (about {count(max(tokens))} training tokens per run)"
