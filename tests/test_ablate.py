@@ -269,6 +269,18 @@ def test_dry_run_and_config_mismatch(tmp_path, capsys):
     assert "run_config.yaml cannot be read" in capsys.readouterr().err
 
 
+def test_a_dry_run_piped_into_head_ends_quietly(tmp_path):
+    """`ablate.py --dry_run | head`: the reader leaves after one line, far more than a pipe buffer still to come."""
+    sweep = REPO_ROOT / "configs" / "ablations" / "gpu_study.yaml"  # 168 runs: ~150 kB of commands
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "ablate.py"), str(sweep), "--output_dir", str(tmp_path / "o")]
+    proc = subprocess.Popen([*cmd, "--dry_run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"sweep ")
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and err == ""
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_run_directory_holding_other_files_is_refused_not_cleared(tmp_path, capsys):
     sweep_path = write_sweep(tmp_path / "s.yaml", {"grid": {"seed": [0]}})
     notes = run_dir(tmp_path / "out", "seed=0") / "notes.txt"

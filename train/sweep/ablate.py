@@ -6,6 +6,7 @@ The command line and the sweep file format are documented in scripts/ablate.py a
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -107,7 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     if args.dry_run:
-        print_dry_run(sweep, actions, out_dir, args.accelerate_config)
+        try:
+            print_dry_run(sweep, actions, out_dir, args.accelerate_config)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `--dry_run | head`: the reader has what it wanted; no traceback at exit either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     try:
         (out_dir / RUNS).mkdir(parents=True, exist_ok=True)
