@@ -3,14 +3,11 @@ trust_remote_code, with the same logits and greedy tokens; every other variant s
 failed check writes nothing."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from tiny_models import fixed_ids, save_with_tokenizer, tiny_config, trained_model
+from tiny_models import fixed_ids, run_elsewhere, save_with_tokenizer, tiny_config, trained_model
 
 from model import export
 from model.export import TOLERANCE, ExportError, export_model_dir, read_export_info, stock_target
@@ -57,18 +54,7 @@ LOAD_ELSEWHERE = textwrap.dedent(
 
 
 def load_elsewhere(jobs: list[dict], tmp_path) -> list[dict]:
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    proc = subprocess.run(
-        [sys.executable, "-c", LOAD_ELSEWHERE],
-        input=json.dumps(jobs),
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_elsewhere(LOAD_ELSEWHERE, tmp_path, stdin=json.dumps(jobs))
 
 
 def test_every_stock_variant_loads_without_normgpt_with_the_same_logits_and_tokens(tmp_path):

@@ -1,14 +1,12 @@
 """The model: norm numerics, config validation, causality, generation with and without cache, save/load."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import run_elsewhere
 from transformers import AutoModelForCausalLM
 
 from model import NORMS, LayerNorm, NormGPTConfig, NormGPTForCausalLM, RMSNorm, build_norm
@@ -251,17 +249,7 @@ LOAD_ELSEWHERE = textwrap.dedent(
 
 
 def load_in_clean_process(run_dir, ids: torch.Tensor, tmp_path) -> dict:
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    proc = subprocess.run(
-        [sys.executable, "-c", LOAD_ELSEWHERE, str(run_dir), json.dumps(ids.tolist())],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_elsewhere(LOAD_ELSEWHERE, tmp_path, str(run_dir), json.dumps(ids.tolist()))
 
 
 @pytest.mark.parametrize("norm_type", ["rms", "layer"])

@@ -7,7 +7,11 @@ ties between untrained logits.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -74,3 +78,20 @@ def fixed_ids(batch: int = 3, length: int = 24, seed: int = 1) -> torch.Tensor:
     starts = torch.randint(0, len(stream) - length, (batch,), generator=torch.Generator().manual_seed(seed))
     ids = torch.stack([stream[s : s + length] for s in starts.tolist()])
     return ids.masked_fill(ids == 0, 1)
+
+
+def run_elsewhere(script: str, tmp_path: Path, *args: str, stdin: str | None = None):
+    """Run `script` as a user without normgpt would: a fresh interpreter outside the repository, offline, with its own
+    HF cache. Returns the JSON on its last stdout line."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        input=stdin,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
