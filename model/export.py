@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from model.configuration_normgpt import SIZE_FIELDS
+from train.cli import OneLineParser
 from train.run_directory import SUMMARY, read_json, write_json
 
 EXPORT_INFO = "export.json"
@@ -489,15 +490,9 @@ def parse_gguf_types(value: str) -> tuple[str, ...]:
     return types
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse's errors as one line and exit code 2, without the usage block."""
-
-    def error(self, message: str):
-        self.exit(2, f"export: error: {message} (see --help)\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(
+        name="export",
         prog="python -m model.export",
         description="Write a run's model as the stock transformers class that computes it (verified), or as "
         "normgpt remote code where none does; optionally GGUF files and a Hub upload.",

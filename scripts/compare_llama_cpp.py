@@ -14,13 +14,18 @@ Needs llama-cpp-python (`pip install llama-cpp-python`, a source build that take
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python scripts/compare_llama_cpp.py` from a clone
+    sys.path.insert(0, str(REPO))
+
+from train.cli import OneLineParser  # noqa: E402
 
 TEXTS = [
     "def fibonacci(n):\n    if n < 2:\n        return n\n",
@@ -82,7 +87,9 @@ def compare(model_dir: Path, gguf: Path, texts: list[str], new_tokens: int = 16,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Compare llama.cpp with transformers on an exported model.")
+    parser = OneLineParser(
+        name="compare_llama_cpp", description="Compare llama.cpp with transformers on an exported model."
+    )
     parser.add_argument("model_dir", type=Path, help="a stock export with its GGUF files")
     parser.add_argument("--gguf", type=Path, nargs="*", help="GGUF files (default: every *.gguf in model_dir)")
     parser.add_argument("--texts", type=Path, help="text file; each blank-line separated paragraph is one text")

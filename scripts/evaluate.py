@@ -14,7 +14,6 @@ Needs the `eval` extra: `pip install -e ".[eval]"` (lm-eval).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,6 +21,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python scripts/evaluate.py` from a clone
+    sys.path.insert(0, str(REPO))
+
+from train.cli import OneLineParser  # noqa: E402
+
 LOCAL_TASK = "normgpt_text_bpb"
 METRICS = ("bits_per_byte", "byte_perplexity", "word_perplexity")
 
@@ -123,7 +127,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Evaluate a normgpt model with lm-evaluation-harness.")
+    parser = OneLineParser(name="evaluate", description="Evaluate a normgpt model with lm-evaluation-harness.")
     parser.add_argument("model_dir", type=Path, help="run directory or export directory")
     parser.add_argument("--text", type=Path, nargs="*", default=[], help=".txt files or folders: bits per byte")
     parser.add_argument("--tasks", default="", help="comma-separated lm-eval task names (downloads their data)")
@@ -141,7 +145,6 @@ def main(argv: list[str] | None = None) -> int:
     for line in summary_lines(results):
         print(line)
     if args.output is not None:
-        sys.path.insert(0, str(REPO))
         from train.run_directory import write_json
 
         kept = {key: results.get(key) for key in ("results", "versions", "n-samples", "config")}

@@ -10,7 +10,6 @@ logs and anything else a run leaves are never part of the model, whatever they a
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import glob
 import json
@@ -18,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from train.cli import OneLineParser
 from train.run_directory import LOSS_CURVE
 
 # Weights, config, tokenizer, card: what `from_pretrained`, llama.cpp and the Hub page read.
@@ -126,16 +126,22 @@ def push_to_hub(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Upload a normgpt model directory (never its checkpoints).")
+    parser = OneLineParser(
+        name="hub", prog="python -m train.hub", description="Upload a normgpt model directory (never its checkpoints)."
+    )
     parser.add_argument("model_dir", type=Path, help="run or export directory")
     parser.add_argument("--hub_model_id", required=True, help="repo to create or update, e.g. user/normgpt-tiny")
     parser.add_argument("--hub_private_repo", action="store_true", help="create the repo private")
     parser.add_argument("--dry_run", action="store_true", help="list the files that would go up, upload nothing")
     args = parser.parse_args(argv)
     files = model_files(args.model_dir)
+    if not files:
+        what = "no model files in" if args.model_dir.is_dir() else "no such directory:"
+        print(f"hub: error: {what} '{args.model_dir}'", file=sys.stderr)
+        return 2
     if args.dry_run:
-        print("\n".join(files) if files else f"no model files in '{args.model_dir}'")
-        return 0 if files else 2
+        print("\n".join(files))
+        return 0
     try:
         url = push_to_hub(args.model_dir, args.hub_model_id, private=args.hub_private_repo or None)
     except HubError as err:

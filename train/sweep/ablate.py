@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from train.cli import OneLineParser
 from train.run_directory import RunStatus
 from train.sweep import report
 from train.sweep.directory import ERROR_LOG, RUNS, run_dir, write_sweep_record
@@ -25,7 +26,8 @@ def plural(n: int, what: str = "run") -> str:
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
+        name="ablate.py",
         description="Run a grid of training runs (an ablation sweep), then write its report.",
         epilog="See the module docstring (scripts/ablate.py) for the sweep file format.",
     )

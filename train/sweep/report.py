@@ -7,7 +7,6 @@ per published finding the sweep's `findings:` declaration names, with the verdic
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
@@ -20,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from train.cli import OneLineParser
 from train.run_directory import RunStatus, atomic_write, describe_hardware, hardware
 from train.sweep import figures, findings, stats
 from train.sweep.directory import FIGURES_DIR, REPORT_MD, SUMMARY_CSV, SweepDirectoryError, fmt_value
@@ -584,7 +584,9 @@ def write_report(out_dir: Path, tolerance: float = DEFAULT_TOLERANCE) -> Study:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`scripts/report.py DIR [--tolerance NATS]`; exit 2 with one line for an unusable directory."""
-    parser = argparse.ArgumentParser(description="Write summary.csv, report.md and figures/ for a sweep directory.")
+    parser = OneLineParser(
+        name="report.py", description="Write summary.csv, report.md and figures/ for a sweep directory."
+    )
     parser.add_argument("dir", help="sweep output directory (holds runs/<name>/ and sweep.yaml)")
     parser.add_argument(
         "--tolerance",
