@@ -1,4 +1,7 @@
-"""normgpt's model package: the config, the model and the fused RMSNorm kernels.
+"""normgpt's model package: the config, the model, the norms and their registry, and the fused RMSNorm kernels.
+
+A leaf: it imports the library (torch, transformers) and itself, never the training package, so its files run as
+remote code beside a checkpoint where normgpt is not installed.
 
 Importing it registers `normgpt` with the transformers Auto classes (causal LM, base model, sequence and token
 classification), and marks the classes so that `save_pretrained` copies their source next to the weights: a saved
@@ -22,7 +25,7 @@ from .modeling_normgpt import (
     NormGPTModel,
     QueryKeyProbe,
 )
-from .norms import NORMS, LayerNorm, RMSNorm, build_norm, describe_norms
+from .norms import NORMS, LayerNorm, NormSpec, RMSNorm, build_norm, describe_norms, register_norm
 from .rmsnorm_triton import fused_add_rms_norm, fused_rms_norm
 
 AUTO_CLASSES = {
@@ -46,10 +49,12 @@ __all__ = [
     "NormGPTForSequenceClassification",
     "NormGPTForTokenClassification",
     "NormGPTModel",
+    "NormSpec",
     "QueryKeyProbe",
     "RMSNorm",
     "build_norm",
     "describe_norms",
     "fused_add_rms_norm",
     "fused_rms_norm",
+    "register_norm",
 ]

@@ -10,11 +10,8 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from .norms import NORMS
 
-# From the one registry of norms, so that a bad config fails at construction time, before weights are allocated.
-NORM_TYPES = tuple(NORMS)
 NORM_PLACEMENTS = ("pre", "post", "peri")
 HIDDEN_ACTS = ("silu", "gelu")  # silu -> SwiGLU MLP, gelu -> plain GELU MLP
-RMS_IMPLS = ("auto", "triton", "torch")
 ROPE_TYPES = ("default", *ROPE_INIT_FUNCTIONS)
 # The model's sizes: positive integers, and what a stock architecture's config takes over unchanged.
 SIZE_FIELDS = (
@@ -46,11 +43,12 @@ class NormGPTConfig(PreTrainedConfig):
             contexts: `linear`, `dynamic`, `yarn`, `llama3`, `longrope`, ... with their own keys, such as `factor`).
             A top-level `rope_theta`, as configs written before transformers 5 carry, is moved into it.
         hidden_act: `silu` (SwiGLU MLP) or `gelu` (GELU MLP).
-        norm_type: the normalization layer, by name: `rms` (RMSNorm), `layer` (LayerNorm with gain and bias),
-            `layer_nobias` (LayerNorm with gain only), `layer_noaffine` (LayerNorm without learnable parameters, as in
-            OLMo 1), `prms` (partial RMSNorm: the RMS of the first `prms_fraction` of the features), `dyt` (Dynamic
-            Tanh, `weight * tanh(alpha * x) + bias` with a learnable scalar alpha) or `none` (identity: the negative
-            control).
+        norm_type: the normalization layer, by its name in the norm registry (norms.py, read when the config is
+            checked, so a norm registered at runtime with `register_norm` is valid): `rms` (RMSNorm), `layer`
+            (LayerNorm with gain and bias), `layer_nobias` (LayerNorm with gain only), `layer_noaffine` (LayerNorm
+            without learnable parameters, as in OLMo 1), `prms` (partial RMSNorm: the RMS of the first
+            `prms_fraction` of the features), `dyt` (Dynamic Tanh, `weight * tanh(alpha * x) + bias` with a learnable
+            scalar alpha) or `none` (identity: the negative control).
         norm_placement: where the norms sit in a block: `pre` (`h + f(norm(h))`, GPT-2/Llama), `post`
             (`norm(h + f(h))`, the original Transformer) or `peri` (`h + norm(f(norm(h)))`, Gemma 2 / Peri-LN).
         qk_norm: RMSNorm over each head's queries and keys before RoPE (OLMo 2, Wortsman et al. 2023).
@@ -58,9 +56,6 @@ class NormGPTConfig(PreTrainedConfig):
         prms_fraction: share of the features whose RMS `prms` uses (Zhang & Sennrich 2019 found 6.25% enough).
         dyt_alpha_init: initial value of DyT's alpha (Zhu et al. 2025 use 0.5 by default).
         rms_norm_eps: epsilon of every norm layer, whatever `norm_type` is (the HF name is kept for compatibility).
-        rms_impl: how `rms` runs: `auto` (the fused Triton kernel on CUDA when Triton is installed, PyTorch
-            otherwise), `triton` (always the kernel; an error where it cannot run) or `torch`. It changes speed,
-            never the checkpoint format.
         tie_word_embeddings: share the input embedding with the output projection.
         initializer_range: standard deviation of the normal init of every matrix; the residual output projections
             are further scaled by 1/sqrt(2 * num_hidden_layers) (GPT-2).
@@ -85,7 +80,6 @@ class NormGPTConfig(PreTrainedConfig):
     prms_fraction: float = 0.0625
     dyt_alpha_init: float = 0.5
     rms_norm_eps: float = 1e-6
-    rms_impl: str = "auto"
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
     use_cache: bool = True
@@ -94,6 +88,9 @@ class NormGPTConfig(PreTrainedConfig):
     pad_token_id: int | None = None
 
     def __post_init__(self, **kwargs):
+        # Configs written by earlier versions carry the RMSNorm kernel choice, which is a runtime option of the
+        # machine (`NormGPTPreTrainedModel.set_rms_impl`), never part of the model: it is dropped, not kept.
+        kwargs.pop("rms_impl", None)
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.intermediate_size is None:
@@ -127,10 +124,9 @@ class NormGPTConfig(PreTrainedConfig):
                 f"num_attention_heads ({self.num_attention_heads})"
             )
         for name, value, valid in (
-            ("norm_type", self.norm_type, NORM_TYPES),
+            ("norm_type", self.norm_type, tuple(NORMS)),  # the registry as it is now: runtime entries included
             ("norm_placement", self.norm_placement, NORM_PLACEMENTS),
             ("hidden_act", self.hidden_act, HIDDEN_ACTS),
-            ("rms_impl", self.rms_impl, RMS_IMPLS),
         ):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")

@@ -39,7 +39,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_normgpt import NormGPTConfig
-from .norms import Identity, Norm, RMSNorm, build_norm
+from .norms import RMS_IMPLS, Identity, Norm, RMSNorm, build_norm
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Rotary position embedding
@@ -170,7 +170,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
         self.o_proj.is_residual_projection = True
         # QK-norm bounds the attention logits, whose growth is a known instability (Dehghani et al. 2023)
-        qk_norm = (lambda: RMSNorm(self.head_dim, config.rms_norm_eps, config.rms_impl)) if config.qk_norm else Identity
+        qk_norm = (lambda: RMSNorm(self.head_dim, config.rms_norm_eps)) if config.qk_norm else Identity
         self.q_norm, self.k_norm = qk_norm(), qk_norm()
         self.logits_probe = QueryKeyProbe()
 
@@ -351,6 +351,17 @@ class NormGPTPreTrainedModel(PreTrainedModel):
             listed = {cls._auto_class: f"{module}.{cls.__name__}" for cls in AUTO_CLASSES if cls._auto_class}
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **listed}
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def set_rms_impl(self, impl: str) -> None:
+        """The kernel every RMSNorm of the model runs (QK-norm's too): `auto` (the fused Triton kernel for CUDA
+        tensors when Triton is installed, PyTorch otherwise; the default), `triton` (always the kernel: an error where
+        it cannot run) or `torch`. A choice of the machine, not part of the model: it changes speed, never the
+        numbers a checkpoint holds, and is never saved."""
+        if impl not in RMS_IMPLS:
+            raise ValueError(f"unknown rms_impl {impl!r}; valid: {', '.join(RMS_IMPLS)}")
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.impl = impl
 
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 init: N(0, initializer_range) for every matrix, with the projections that write into the residual

@@ -2,8 +2,12 @@
 
 A norm is a config string (`norm_type`) resolved once, by `build_norm`, through the `NORMS` registry. Each class
 declares what reports must say about it (`numerics`, `has_eps`) and initialises its own parameters
-(`reset_parameters`), so the model code never asks which norm it holds. Adding a norm is one class, one registry line
-and one test.
+(`reset_parameters`), so the model code never asks which norm it holds. Each registry entry says how model cards name
+it and which stock layer, if any, computes the same function (what the export to stock architectures reads).
+
+Adding a norm is one class, one registry entry and one test; a script may also add one at runtime with
+`register_norm`, before it builds a config or calls the trainer: the config's validation, the trainer's `--norm`
+choices, model cards and reports read the registry when they run, not when they are imported.
 
 This file is copied next to every saved checkpoint (remote code): it imports only the library, torch and its
 same-directory sibling.
@@ -46,6 +50,15 @@ class Norm(nn.Module):
             init.ones_(self.weight)
         if getattr(self, "bias", None) is not None:
             init.zeros_(self.bias)
+
+    def stock_state_dict(self) -> dict[str, torch.Tensor]:
+        """This norm's parameters as the stock layer its registry entry names (`NormSpec.stock`) stores them, keyed
+        relative to the module. The default is its own state; a norm that computes the stock layer's function with
+        parameters of another shape (a gain shared by all features, say) maps them here."""
+        return self.state_dict()
+
+
+RMS_IMPLS = ("auto", "triton", "torch")  # RMSNorm's kernel choices (`impl`): a runtime option, never saved
 
 
 class RMSNorm(Norm):
@@ -185,32 +198,76 @@ class Identity(Norm):
         return x
 
 
+STOCK_LAYERS = {
+    "rms": "RMSNorm with Llama's numerics: weight * (x * rsqrt(mean(x^2) + eps)).to(x.dtype), a gain per feature",
+    "layer": "LayerNorm (F.layer_norm), a gain and a bias per feature; a norm without them has them at 1 and 0",
+}
+
+
 class NormSpec(NamedTuple):
-    """A registry entry: how to build the norm from a config, and how reports and model cards name it."""
+    """A registry entry: how to build the norm from a config, how reports and model cards name it, and the stock
+    layer that computes exactly what it computes (a key of STOCK_LAYERS), which the export to stock architectures
+    (Llama, Qwen3, StableLM, ...) needs; `no_stock` says why there is none, after "norm_type=<name>: "."""
 
     build: Callable[[Any], Norm]  # config -> module; the config is a NormGPTConfig (typed loosely: see NORMS)
     title: str
     tag: str  # the Hub tag of a model that uses it
+    stock: str | None = None
+    no_stock: str = "its registry entry declares no stock layer that computes it"
 
 
-# configuration_normgpt.py imports this file for the list of names, so the builders take the config untyped.
+# configuration_normgpt.py imports this file for the list of names, so the builders take the config untyped. The
+# kernel RMSNorm runs (`impl`) is not part of a model: the model sets it at runtime (`set_rms_impl`).
 NORMS: dict[str, NormSpec] = {
-    "rms": NormSpec(lambda c: RMSNorm(c.hidden_size, c.rms_norm_eps, c.rms_impl), "RMSNorm", "rmsnorm"),
-    "layer": NormSpec(lambda c: LayerNorm(c.hidden_size, c.rms_norm_eps), "LayerNorm (gain and bias)", "layernorm"),
+    "rms": NormSpec(lambda c: RMSNorm(c.hidden_size, c.rms_norm_eps), "RMSNorm", "rmsnorm", stock="rms"),
+    "layer": NormSpec(
+        lambda c: LayerNorm(c.hidden_size, c.rms_norm_eps), "LayerNorm (gain and bias)", "layernorm", stock="layer"
+    ),
     "layer_nobias": NormSpec(
-        lambda c: LayerNorm(c.hidden_size, c.rms_norm_eps, bias=False), "LayerNorm (gain, no bias)", "layernorm"
+        lambda c: LayerNorm(c.hidden_size, c.rms_norm_eps, bias=False),
+        "LayerNorm (gain, no bias)",
+        "layernorm",
+        stock="layer",
     ),
     "layer_noaffine": NormSpec(
         lambda c: LayerNorm(c.hidden_size, c.rms_norm_eps, elementwise_affine=False),
         "LayerNorm without parameters (OLMo)",
         "layernorm",
+        stock="layer",
     ),
     "prms": NormSpec(
-        lambda c: PartialRMSNorm(c.hidden_size, c.prms_fraction, c.rms_norm_eps), "partial RMSNorm", "prmsnorm"
+        lambda c: PartialRMSNorm(c.hidden_size, c.prms_fraction, c.rms_norm_eps),
+        "partial RMSNorm",
+        "prmsnorm",
+        no_stock="no stock class has a partial RMSNorm (the RMS of the first prms_fraction of the features)",
     ),
-    "dyt": NormSpec(lambda c: DyT(c.hidden_size, c.dyt_alpha_init), "Dynamic Tanh (DyT)", "dyt"),
-    "none": NormSpec(lambda c: Identity(), "none (no normalization)", "no-norm"),
+    "dyt": NormSpec(
+        lambda c: DyT(c.hidden_size, c.dyt_alpha_init),
+        "Dynamic Tanh (DyT)",
+        "dyt",
+        no_stock="no stock class has a DyT layer (Dynamic Tanh)",
+    ),
+    "none": NormSpec(
+        lambda c: Identity(),
+        "none (no normalization)",
+        "no-norm",
+        no_stock="every stock class normalizes its blocks (no normalization)",
+    ),
 }
+BUILTIN_NORMS = frozenset(NORMS)  # those this file defines: a copy of it (remote code) knows no others
+
+
+def register_norm(name: str, spec: NormSpec) -> None:
+    """Make `name` a `norm_type`: the model builds it, the config accepts it, the trainer's `--norm` offers it, and
+    cards, reports and the export read its entry. Call it before building a config that names it. A model saved with
+    it loads only where it is registered too: the model code saved beside the weights does not define it."""
+    if not isinstance(spec, NormSpec):
+        raise TypeError(f"register_norm({name!r}, ...) takes a NormSpec, got {type(spec).__name__}")
+    if name in NORMS:
+        raise ValueError(f"norm_type {name!r} is already registered")
+    if spec.stock is not None and spec.stock not in STOCK_LAYERS:
+        raise ValueError(f"unknown stock layer {spec.stock!r} for norm_type {name!r}; valid: {', '.join(STOCK_LAYERS)}")
+    NORMS[name] = spec
 
 
 def build_norm(config: Any) -> Norm:
@@ -218,6 +275,11 @@ def build_norm(config: Any) -> Norm:
     if config.norm_type not in NORMS:
         raise ValueError(f"unknown norm_type {config.norm_type!r}; valid: {', '.join(NORMS)}")
     return NORMS[config.norm_type].build(config)
+
+
+def norm_eps(config: Any) -> float | None:
+    """The eps of the config's norm, None when that norm has none (DyT, none)."""
+    return config.rms_norm_eps if build_norm(config).has_eps else None
 
 
 def describe_norms(config: Any) -> str:
@@ -230,7 +292,10 @@ def describe_norms(config: Any) -> str:
 
 
 __all__ = [
+    "BUILTIN_NORMS",
     "NORMS",
+    "RMS_IMPLS",
+    "STOCK_LAYERS",
     "DyT",
     "NormSpec",
     "Identity",
@@ -240,4 +305,6 @@ __all__ = [
     "RMSNorm",
     "build_norm",
     "describe_norms",
+    "norm_eps",
+    "register_norm",
 ]

@@ -40,13 +40,8 @@ code 2. The code is the package train/sweep/.
 """
 
 import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # `python scripts/ablate.py` from a clone
-    sys.path.insert(0, str(REPO_ROOT))
-
-from train.sweep.ablate import main  # noqa: E402
+from train.commands import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["sweep", *sys.argv[1:]]))

@@ -81,7 +81,6 @@ def worker(args: argparse.Namespace) -> dict:
     whose load drifts slows both alike; the timing is the median per mode, the memory the largest step's."""
     import torch
 
-    sys.path.insert(0, str(REPO_ROOT))
     from model import NormGPTConfig, NormGPTForCausalLM
 
     model_fields, block_size, _ = preset(args.preset)

@@ -13,12 +13,13 @@ training wall time) and the ratio of the medians, measured in this same run.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from train.run_directory import Summary
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,7 +30,7 @@ def run_once(tree: Path, extra: list[str], out: Path, save_steps: int) -> float:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"bench_loop.py: a training run in {tree} failed:\n{proc.stderr[-2000:]}")
-    return json.loads((out / "summary.json").read_text())["tokens_per_sec"]
+    return Summary.read(out).tokens_per_sec
 
 
 def worktree(rev: str, where: Path) -> Path:

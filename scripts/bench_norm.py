@@ -252,7 +252,6 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("bench_norm.py: needs a CUDA GPU (none found)")
         return 2
-    sys.path.insert(0, str(REPO_ROOT))
     from model import rmsnorm_triton as kernels
 
     if not kernels.HAS_TRITON:

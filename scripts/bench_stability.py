@@ -11,12 +11,13 @@ turning them off), the median per setting, and the overhead of the probes as a r
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from train.run_directory import Summary
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,7 +43,7 @@ def run_once(extra: list[str], stability: bool, logging_steps: int, out: Path) -
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"bench_stability.py: a training run failed:\n{proc.stderr[-2000:]}")
-    return json.loads((out / "summary.json").read_text())["tokens_per_sec"]
+    return Summary.read(out).tokens_per_sec
 
 
 def main() -> int:

@@ -26,11 +26,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # `python scripts/bench_token_cache.py` from a clone
-    sys.path.insert(0, str(REPO_ROOT))
-
-from train.data.token_cache import SCAN_TOKENS, scan_tokens  # noqa: E402
+from train.data.token_cache import SCAN_TOKENS, scan_tokens
 
 DTYPE = np.dtype(np.uint16)
 

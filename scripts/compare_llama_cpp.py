@@ -1,6 +1,6 @@
 """llama.cpp against transformers on the same model: logits, tokenization and greedy continuations.
 
-    python -m model.export runs/tiny-rms out/tiny --gguf f32,q8_0
+    normgpt export runs/tiny-rms out/tiny --gguf f32,q8_0
     python scripts/compare_llama_cpp.py out/tiny                     # every *.gguf beside the model
     python scripts/compare_llama_cpp.py out/tiny --texts held_out.txt --new_tokens 32
 
@@ -21,11 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # `python scripts/compare_llama_cpp.py` from a clone
-    sys.path.insert(0, str(REPO))
-
-from train.cli import OneLineParser  # noqa: E402
+from train.cli import OneLineParser
 
 TEXTS = [
     "def fibonacci(n):\n    if n < 2:\n        return n\n",

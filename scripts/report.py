@@ -25,13 +25,8 @@ Definitions (stated again in report.md; the code is train/sweep/stats.py):
 """
 
 import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # `python scripts/report.py` from a clone
-    sys.path.insert(0, str(REPO_ROOT))
-
-from train.sweep.report import main  # noqa: E402
+from train.commands import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["report", *sys.argv[1:]]))

@@ -15,23 +15,23 @@ import pytest
 import yaml
 from synthetic_corpus import write_corpus
 
+from train.atomic_io import read_json
 from train.checkpoints import write_manifest
 from train.config import build_parser
 from train.run_directory import (
     DATA_INFO,
+    ERROR_LOG,
     METRICS,
+    TRAIN_LOG,
     MetricsLog,
     RunStatus,
     Summary,
     load_run,
-    read_json,
     write_run_config,
 )
 from train.sweep import ablate, plan, scheduler, spec
 from train.sweep.directory import (
-    ERROR_LOG,
     LAUNCHES,
-    TRAIN_LOG,
     read_launches,
     read_sweep_record,
     run_dir,

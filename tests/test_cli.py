@@ -1,4 +1,5 @@
-"""Every tool's command line: a bad one is one line on stderr naming the tool, exit code 2, no usage block."""
+"""Every tool's command line: a bad one is one line on stderr naming the tool, exit code 2, no usage block; and the
+front door, `normgpt`, lists its subcommands and runs each one."""
 
 import importlib
 import importlib.util
@@ -16,11 +17,11 @@ def script(name: str):
 
 
 TOOLS = {
-    "export": lambda: importlib.import_module("model.export"),
-    "hub": lambda: importlib.import_module("train.hub"),
+    "export": lambda: importlib.import_module("train.publish.command"),
+    "push": lambda: importlib.import_module("train.publish.hub"),
     "report.py": lambda: importlib.import_module("train.sweep.report"),
     "ablate.py": lambda: importlib.import_module("train.sweep.ablate"),
-    "evaluate": lambda: script("evaluate"),
+    "evaluate": lambda: importlib.import_module("train.evaluate"),
     "compare_llama_cpp": lambda: script("compare_llama_cpp"),
 }
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 import xxhash
-from transformers import AutoTokenizer, HfArgumentParser
+from transformers import AutoTokenizer
 
 from train.data import (
     DataArguments,
@@ -753,11 +753,13 @@ def test_too_little_data_for_a_batch_names_split_and_counts() -> None:
 
 
 def test_data_arguments_become_cli_flags() -> None:
-    (args,) = HfArgumentParser(DataArguments).parse_args_into_dataclasses(
+    from train.config import ArgumentParser
+
+    (args,) = ArgumentParser(DataArguments).parse_args_into_dataclasses(
         ["--dataset", "x.txt", "--max_train_bytes", "1000", "--streaming", "--tokenizer", "gpt2", "--block_size", "64"]
     )
     assert args == DataArguments(dataset="x.txt", max_train_bytes=1000, streaming=True, tokenizer="gpt2", block_size=64)
-    (default,) = HfArgumentParser(DataArguments).parse_args_into_dataclasses([])
+    (default,) = ArgumentParser(DataArguments).parse_args_into_dataclasses([])
     assert default == DataArguments()
 
 

@@ -1,7 +1,6 @@
-"""scripts/evaluate.py: lm-evaluation-harness on a local text task, offline, gives the bits per byte computed by
-hand from the model's own log-probabilities."""
+"""`normgpt evaluate` (train/evaluate.py): lm-evaluation-harness on a local text task, offline, gives the bits per
+byte computed by hand from the model's own log-probabilities."""
 
-import importlib.util
 import json
 import math
 
@@ -9,19 +8,16 @@ import pytest
 import torch
 from tiny_models import save_with_tokenizer, trained_model
 
-from train.config import REPO_ROOT
+from train import evaluate
 
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is not installed (the `eval` extra)")
-_spec = importlib.util.spec_from_file_location("evaluate_script", REPO_ROOT / "scripts" / "evaluate.py")
-evaluate = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(evaluate)
 
 TEXTS = ["The kalo mit the sune. The lopo tari the ne!\n", "The big suta kamit with 3 lotas?\n"]
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from model.export import export_model_dir
+    from train.publish.export import export_model_dir
 
     root = tmp_path_factory.mktemp("eval")
     src = save_with_tokenizer(trained_model(steps=6), root / "src")

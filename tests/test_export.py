@@ -9,8 +9,9 @@ import pytest
 import torch
 from tiny_models import fixed_ids, run_elsewhere, save_with_tokenizer, tiny_config, trained_model
 
-from model import export
-from model.export import TOLERANCE, ExportError, export_model_dir, read_export_info, stock_target
+from train.publish import command, stock
+from train.publish.export import TOLERANCE, export_model_dir, read_export_info
+from train.publish.stock import ExportError, stock_target
 
 # (config overrides, the class the export must be, a note it must carry)
 STOCK_VARIANTS = {
@@ -119,7 +120,7 @@ def test_no_stock_class_keeps_remote_code_and_records_why(tmp_path):
 
 def test_a_failed_check_writes_nothing_and_the_command_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
     src = save_with_tokenizer(trained_model(steps=2), tmp_path / "src")
-    real = export.stock_state_dict
+    real = stock.stock_state_dict
 
     def corrupted(reference, stock, target):  # a mapping bug: one weight off by a little
         state, notes = real(reference, stock, target)
@@ -127,13 +128,13 @@ def test_a_failed_check_writes_nothing_and_the_command_exits_2_with_one_line(tmp
         state["model.norm.weight"] = state["model.norm.weight"] + 1e-2
         return state, notes
 
-    monkeypatch.setattr(export, "stock_state_dict", corrupted)
+    monkeypatch.setattr(stock, "stock_state_dict", corrupted)
     with pytest.raises(ExportError, match="LlamaForCausalLM export failed its check: max |logit difference|"):
         export_model_dir(src, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no output, no staging left behind
 
     capsys.readouterr()
-    assert export.main([str(src), str(tmp_path / "out2")]) == 2
+    assert command.main([str(src), str(tmp_path / "out2")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "failed its check" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
@@ -154,10 +155,10 @@ def test_an_occupied_destination_is_refused_and_left_alone(tmp_path):
 
 
 def test_the_command_rejects_bad_arguments_in_one_line(tmp_path, capsys):
-    assert export.main([str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
+    assert command.main([str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
     assert "holds no model" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        export.main([str(tmp_path), str(tmp_path / "out"), "--gguf", "q4_k"])
+        command.main([str(tmp_path), str(tmp_path / "out"), "--gguf", "q4_k"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown type 'q4_k'; valid: f32, f16, q8_0" in err

@@ -361,8 +361,9 @@ def test_bad_values_are_one_line_before_anything_is_written(corpus, cache, tmp_p
 
 
 def test_json_outputs_are_strict_even_with_non_finite_values(tmp_path):
+    from train.atomic_io import dumps_strict
     from train.run_directory import MetricsLog as Log
-    from train.run_directory import Summary, dumps_strict
+    from train.run_directory import Summary
 
     Log(tmp_path / "m.jsonl").append({"step": 3, "loss": math.nan, "grad_norm": math.inf})
     row = strict_json((tmp_path / "m.jsonl").read_text())

@@ -10,8 +10,8 @@ import torch
 from tiny_models import LEGACY_RUN, VOCAB, save_with_tokenizer, trained_model
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from model.export import export_model_dir
-from model.gguf_export import GGUFError, gguf_problem, pairs_adjacent, tokenizer_problem, write_gguf
+from train.publish.export import export_model_dir
+from train.publish.gguf import GGUFError, gguf_problem, pairs_adjacent, tokenizer_problem, write_gguf
 
 VARIANTS = {  # overrides -> (llama.cpp architecture, q/k rows reordered)
     "llama": ({"norm_type": "rms"}, True),

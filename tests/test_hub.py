@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from huggingface_hub.utils import filter_repo_objects
 
-from train import hub
-from train.hub import HubError, model_files, push_to_hub
+from train.publish import hub
+from train.publish.hub import HubError, push_to_hub
+from train.run_directory import model_files
 
 MODEL = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
 CARD = ["LICENSE", "README.md", "loss_curve.png", "run-f32.gguf"]

@@ -8,9 +8,9 @@ import pytest
 from synthetic_corpus import documents
 from tiny_models import save_with_tokenizer, trained_model
 
-from model.export import TOLERANCE, export_model_dir
-from model.gguf_export import write_gguf
 from train.config import REPO_ROOT
+from train.publish.export import TOLERANCE, export_model_dir
+from train.publish.gguf import write_gguf
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (opt-in)")
 _spec = importlib.util.spec_from_file_location("compare_llama_cpp", REPO_ROOT / "scripts" / "compare_llama_cpp.py")

@@ -10,8 +10,7 @@ from tiny_models import run_elsewhere
 from transformers import AutoModelForCausalLM
 
 from model import NORMS, LayerNorm, NormGPTConfig, NormGPTForCausalLM, RMSNorm, build_norm
-from model.configuration_normgpt import NORM_TYPES
-from model.norms import DyT, Identity, PartialRMSNorm, describe_norms
+from model.norms import BUILTIN_NORMS, DyT, Identity, PartialRMSNorm, describe_norms
 
 
 def tiny_config(**overrides) -> NormGPTConfig:
@@ -96,7 +95,7 @@ def test_add_forward_is_add_then_norm():
 
 
 def test_norm_registry_is_the_single_source_of_names():
-    assert tuple(NORMS) == NORM_TYPES
+    assert set(NORMS) >= BUILTIN_NORMS
     assert isinstance(build_norm(tiny_config(norm_type="rms")), RMSNorm)
     assert isinstance(build_norm(tiny_config(norm_type="layer")), LayerNorm)
     cfg = tiny_config()
@@ -112,6 +111,26 @@ def test_forced_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
         norm(torch.randn(2, 16))
 
 
+def test_the_rms_kernel_is_a_runtime_choice_never_saved(tmp_path):
+    """`set_rms_impl` picks the kernel of every RMSNorm (QK-norm's too); config.json never carries it, and a config
+    from an earlier version that does loads with it dropped, computing the same logits."""
+    model = tiny_model(qk_norm=True)
+    model.set_rms_impl("torch")
+    assert {m.impl for m in model.modules() if isinstance(m, RMSNorm)} == {"torch"}
+    with pytest.raises(ValueError, match="unknown rms_impl 'cuda'; valid: auto, triton, torch"):
+        model.set_rms_impl("cuda")
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert "rms_impl" not in saved
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "rms_impl": "triton"}))
+    loaded = NormGPTForCausalLM.from_pretrained(tmp_path).eval()
+    assert not hasattr(loaded.config, "rms_impl") and "rms_impl" not in loaded.config.to_dict()
+    assert {m.impl for m in loaded.modules() if isinstance(m, RMSNorm)} == {"auto"}
+    ids = torch.randint(1, 101, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Config
 
@@ -123,7 +142,6 @@ def test_forced_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
         (dict(num_key_value_heads=3), r"num_key_value_heads \(3\) must divide num_attention_heads \(4\)"),
         (dict(norm_type="batch"), "unknown norm_type 'batch'; valid: rms, layer"),
         (dict(hidden_act="relu"), "unknown hidden_act 'relu'; valid: silu, gelu"),
-        (dict(rms_impl="cuda"), "unknown rms_impl 'cuda'; valid: auto, triton, torch"),
         (dict(num_hidden_layers=0), "num_hidden_layers must be a positive integer"),
         (dict(rms_norm_eps=0.0), "rms_norm_eps must be > 0"),
         (dict(hidden_size=60, num_attention_heads=4), "must be even for RoPE"),
@@ -289,7 +307,7 @@ def test_from_pretrained_recomputes_rope_buffer(tmp_path):
 # Ablation variants: every norm in every placement trains, saves, reloads and generates
 
 VARIANTS = [
-    *({"norm_type": norm} for norm in NORM_TYPES),
+    *({"norm_type": norm} for norm in NORMS if norm in BUILTIN_NORMS),
     {"norm_placement": "post"},
     {"norm_placement": "peri", "norm_type": "layer"},
     {"qk_norm": True, "z_loss": 1e-3},

@@ -9,12 +9,13 @@ from synthetic_corpus import write_corpus
 from tiny_models import save_with_tokenizer, trained_model
 from trainer_runs import command, run
 
-from model import export
-from model.export import export_model_dir, read_export_info
-from train.apache_license import APACHE_2_0_TEXT
-from train.hub import model_files
-from train.model_card import NOT_RECORDED, write_model_card
-from train.run_directory import CARD_MARKER, load_run, read_json
+from train.atomic_io import read_json
+from train.hardware import describe_hardware
+from train.publish import command as export
+from train.publish.export import export_model_dir, read_export_info
+from train.publish.license import license_text
+from train.publish.model_card import NOT_RECORDED, write_model_card
+from train.run_directory import CARD_MARKER, load_run, model_files
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,9 @@ def test_the_card_renders_every_field_from_the_run(run_dir, tmp_path):
 
     run = load_run(run_dir)
     summary, info = run.summary, read_json(run_dir / "data_info.json")
-    tokens = [r["tokens"] for r in run.metrics if "tokens" in r][-1]
+    # The card shows what the summary recorded, re-deriving nothing: tokens, tokens per step, hardware, the norm.
+    assert summary.tokens == summary.steps * summary.tokens_per_step == run.train_rows()[-1]["tokens"]
+    assert summary.model["norm_eps"] == 1e-6 and summary.hardware["cpu_cores"] >= 1
     for expected in (
         summary.model["norm_numerics"],  # norm, placement, eps, where float32 is used
         "RMSNorm (`norm_type=rms`)",
@@ -58,9 +61,10 @@ def test_the_card_renders_every_field_from_the_run(run_dir, tmp_path):
         f"{summary.final_val_loss:.4f}",
         f"{summary.best_val_loss:.4f}",
         f"{summary.init_val_loss:.4f}",
-        f"{tokens:,}",
+        f"| Training tokens | {summary.tokens / 1e3:.2f}K ({summary.tokens:,}) |",
+        f"| Tokens per step | {summary.tokens_per_step:,} |",
         f"{summary.num_parameters:,}",
-        summary.device,
+        f"| Hardware | {describe_hardware(summary.hardware)} |",
         info["fingerprint"],
         f"{info['train_tokens']:,}",
         "| `learning_rate` | 0.003 |",
@@ -68,12 +72,13 @@ def test_the_card_renders_every_field_from_the_run(run_dir, tmp_path):
         "![Training and validation loss](loss_curve.png)",
         'AutoModelForCausalLM.from_pretrained("me/normgpt-card")',
         "LlamaForCausalLM (stock transformers class, no trust_remote_code)",
-        "python train/train.py --config run_config.yaml",
+        "normgpt train --config run_config.yaml",
         (run_dir / "sample.txt").read_text().strip()[:40],
     ):
         assert expected in card, expected
     assert "trust_remote_code" not in card.split("## How to use")[1].split("```")[1]
-    assert (target / "LICENSE").read_text() == APACHE_2_0_TEXT
+    assert (target / "LICENSE").read_text() == license_text()
+    assert license_text().lstrip().startswith("Apache License") and "Version 2.0, January 2004" in license_text()
     assert (target / "loss_curve.png").is_file()
 
 
@@ -83,7 +88,8 @@ def test_a_remote_code_model_gets_a_card_that_says_why(run_dir, tmp_path):
     card = write_model_card(run_dir, tmp_path / "model", model_id="me/dyt").read_text()
     assert "custom_code" in front_matter(card)["tags"] and "dyt" in front_matter(card)["tags"]
     assert 'from_pretrained("me/dyt", trust_remote_code=True)' in card
-    assert "norm_type=dyt (Dynamic Tanh): no stock class has a DyT layer" in card
+    assert "no stock export: norm_type=dyt: no stock class has a DyT layer (Dynamic Tanh)" in card
+    assert "| eps | none (this norm has no eps) |" in card  # the registry says so: DyT has no eps
 
 
 def test_a_card_written_by_someone_else_is_kept(run_dir, tmp_path):

@@ -19,15 +19,12 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 def pair(attn: str = "sdpa", **overrides):
     torch.manual_seed(0)
-    config = NormGPTConfig(
-        vocab_size=67, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, rms_impl="torch", **overrides
-    )
+    config = NormGPTConfig(vocab_size=67, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, **overrides)
     reference = NormGPTForCausalLM(config).to(DEVICE)
     reference.set_attn_implementation(attn)
+    reference.set_rms_impl("torch")
     fused = copy.deepcopy(reference)
-    for module in fused.modules():
-        if hasattr(module, "impl"):
-            module.impl = "triton"
+    fused.set_rms_impl("triton")
     return reference, fused
 
 

@@ -14,7 +14,7 @@ import pytest
 from synthetic_corpus import write_corpus
 from trainer_runs import command, run
 
-from train.run_directory import read_jsonl
+from train.atomic_io import read_jsonl
 
 DATA = Path(__file__).parent / "data"
 RTOL = 1e-5

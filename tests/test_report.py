@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from train.run_directory import METRICS, SUMMARY, MetricsLog, RunStatus, Summary, write_run_config
+from train.run_directory import ERROR_LOG, METRICS, SUMMARY, MetricsLog, RunStatus, Summary, write_run_config
 from train.sweep import figures, findings, report, stats
-from train.sweep.directory import ERROR_LOG, RecordedRun, SweepRecord, fmt_value, write_sweep_record
+from train.sweep.directory import RecordedRun, SweepRecord, fmt_value, write_sweep_record
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LEGACY_SWEEP = REPO_ROOT / "tests" / "data" / "legacy_sweep"

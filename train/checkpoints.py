@@ -29,11 +29,11 @@ from typing import Any
 import torch
 import xxhash
 
-from train.run_directory import write_json
+from train.atomic_io import write_json
+from train.run_directory import CHECKPOINT_RE, checkpoint_dirs
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
 FORMAT = 2
@@ -83,18 +83,13 @@ def completeness(directory: Path) -> str | None:
 
 def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints of `output_dir`, oldest first. Staging `*.tmp` directories never match."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return []
     found = []
-    for child in output_dir.iterdir():
-        match = CHECKPOINT_RE.match(child.name)
-        if match and child.is_dir():
-            if (why := completeness(child)) is None:
-                found.append((int(match.group(1)), child))
-            else:
-                logger.warning("ignoring %s: it %s", child, why)
-    return sorted(found)
+    for step, child in checkpoint_dirs(output_dir):
+        if (why := completeness(child)) is None:
+            found.append((step, child))
+        else:
+            logger.warning("ignoring %s: it %s", child, why)
+    return found
 
 
 def resolve_checkpoint(spec: str, output_dir: Path) -> Path:
@@ -116,10 +111,6 @@ def resolve_checkpoint(spec: str, output_dir: Path) -> Path:
     if why := completeness(path):
         raise CheckpointError(f"checkpoint '{spec}' {why}; pass a complete checkpoint or 'latest'")
     return path
-
-
-def checkpoint_step(path: Path) -> int:
-    return int(CHECKPOINT_RE.match(Path(path).name).group(1))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -225,11 +216,6 @@ def accelerate_view(directory: Path) -> Iterator[Path]:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Writing, rotating
-
-
-def staging_dir(final: Path) -> Path:
-    """Where a checkpoint is written before it is renamed into place (the rename is atomic on one filesystem)."""
-    return final.with_name(final.name + ".tmp")
 
 
 def publish(staging: Path, final: Path) -> None:

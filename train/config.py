@@ -4,14 +4,22 @@ Parsing is transformers' `HfArgumentParser` (argparse over dataclasses): every f
 as in Hugging Face (`TrainingArguments` names for training, `PretrainedConfig` names for the model). A YAML preset has
 three sections, `model`, `data` and `training`, with the same keys; `run_config.yaml` in every output directory is
 the fully resolved config in that format, so `--config RUN/run_config.yaml` reproduces a run.
+
+The `model` section is not declared here: `ModelArguments` is derived from `NormGPTConfig`'s own fields, with the help
+text of the config's docstring, so a model field is declared once, in model/configuration_normgpt.py. The data and
+training sections, and the roles of their fields, are train/arguments.py's. `RunConfig.model_config` is the one place
+the model's config is built from a run's.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import math
+import re
 import sys
+import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,147 +29,117 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-from model.configuration_normgpt import HIDDEN_ACTS, NORM_PLACEMENTS, RMS_IMPLS, NormGPTConfig
-from model.norms import NORMS
-from train.data import DataArguments
+from model.configuration_normgpt import HIDDEN_ACTS, NORM_PLACEMENTS, NormGPTConfig
+from model.norms import NORMS, RMS_IMPLS
+from train.arguments import REPO_ROOT, RESUME, ConfigError, DataArguments, TrainingArguments, flag
 from train.run_directory import write_run_config
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
-REPORT_TO = ("none", "wandb", "tensorboard", "all")
+DEFAULT_VOCAB_SIZE = 4096  # of the BPE trained on the data when neither the preset nor the CLI sets one
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The model section, derived from the model's config
+
+# NormGPTConfig fields that are no flag: RoPE's dict (its base is `--rope_theta`), the inference switch, and the
+# token ids, which come from the tokenizer.
+NOT_FLAGS = frozenset({"rope_parameters", "use_cache", "bos_token_id", "eos_token_id", "pad_token_id"})
+# What argparse offers besides the config's own check. The norms are a live view of the registry: a norm registered
+# at runtime is a valid --norm.
+FLAG_EXTRAS: dict[str, dict[str, Any]] = {
+    "norm_type": {"aliases": ["--norm"], "choices": NORMS.keys()},
+    "norm_placement": {"choices": NORM_PLACEMENTS},
+    "hidden_act": {"choices": HIDDEN_ACTS},
+}
+# Flags of the model section that are not config fields: RoPE's base, which the config keeps inside
+# `rope_parameters`, and the RMSNorm kernel, a runtime option of the machine (never saved with the model, never
+# compared on resume).
+ROPE_THETA = (
+    "rope_theta",
+    float | None,
+    field(default=None, metadata=flag("RoPE base (rope_parameters' rope_theta)", RESUME)),
+)
+RMS_IMPL = (
+    "rms_impl",
+    str | None,
+    field(
+        default=None,
+        metadata=flag(
+            "RMSNorm kernel: auto (the fused Triton kernel for CUDA tensors when Triton is installed, PyTorch "
+            "otherwise), triton (always; an error where it cannot run) or torch; speed only, never saved",
+            choices=RMS_IMPLS,
+        ),
+    ),
+)
 
 
-class ConfigError(ValueError):
-    """A bad flag, config file, key or value. The message is one line that names the problem and the valid choices."""
+def config_docs(doc: str) -> dict[str, str]:
+    """`name: text` of a docstring's Args section (continuation lines indented deeper), '%' escaped for argparse."""
+    docs: dict[str, str] = {}
+    name = None
+    for line in doc.split("Args:", 1)[1].splitlines():
+        entry = re.match(r"^ {8}(\w+): (.*)$", line)
+        if entry:
+            name, docs[entry[1]] = entry[1], entry[2]
+        elif name and line.startswith(" " * 12):
+            docs[name] += " " + line.strip()
+    return {key: text.replace("%", "%%") for key, text in docs.items()}
 
 
-def _help(text: str, **extra: Any) -> dict[str, Any]:
-    return {"help": text, **extra}
+def model_arguments() -> type:
+    """The model section: one `--flag` per NormGPTConfig field (None: the config's default), plus ROPE_THETA and
+    RMS_IMPL. Every field but rms_impl is resume-relevant."""
+    docs, hints = config_docs(NormGPTConfig.__doc__), NormGPTConfig.__annotations__  # real types, not strings
+    fields = []
+    for name in NormGPTConfig.__annotations__:
+        if name == "rope_parameters":
+            fields.append(ROPE_THETA)
+        if name not in NOT_FLAGS:
+            kind = hints[name] if type(None) in typing.get_args(hints[name]) else hints[name] | None
+            metadata = flag(docs[name], RESUME, **FLAG_EXTRAS.get(name, {}))
+            fields.append((name, kind, field(default=None, metadata=metadata)))
+        if name == "rms_norm_eps":
+            fields.append(RMS_IMPL)
+    namespace = {
+        "__module__": __name__,
+        "__doc__": "Model fields, named as in `NormGPTConfig`. `None` keeps the config class's default.",
+        "__post_init__": _model_post_init,
+        "config_kwargs": _config_kwargs,
+        "bpe_vocab_size": property(lambda self: self.vocab_size or DEFAULT_VOCAB_SIZE, doc=BPE_DOC),
+    }
+    return dataclasses.make_dataclass("ModelArguments", fields, namespace=namespace)
 
 
-@dataclass
-class ModelArguments:
-    """Model fields, named as in `NormGPTConfig`. `None` keeps the config class's default."""
-
-    norm_type: str | None = field(
-        default=None, metadata=_help("normalization layer", aliases=["--norm"], choices=list(NORMS))
-    )
-    norm_placement: str | None = field(
-        default=None, metadata=_help("where the norms sit in a block", choices=list(NORM_PLACEMENTS))
-    )
-    qk_norm: bool | None = field(default=None, metadata=_help("RMSNorm on each head's queries and keys"))
-    z_loss: float | None = field(default=None, metadata=_help("coefficient of the z-loss on log Z (0: off)"))
-    prms_fraction: float | None = field(default=None, metadata=_help("share of features pRMSNorm's RMS reads"))
-    dyt_alpha_init: float | None = field(default=None, metadata=_help("initial alpha of DyT"))
-    rms_impl: str | None = field(default=None, metadata=_help("RMSNorm kernel", choices=list(RMS_IMPLS)))
-    rms_norm_eps: float | None = field(default=None, metadata=_help("epsilon of every norm layer"))
-    vocab_size: int | None = field(
-        default=None, metadata=_help("vocabulary size (of the BPE trained on the data; ignored with --tokenizer)")
-    )
-    hidden_size: int | None = field(default=None, metadata=_help("width of the residual stream"))
-    intermediate_size: int | None = field(default=None, metadata=_help("MLP width (default: from hidden_size)"))
-    num_hidden_layers: int | None = field(default=None, metadata=_help("number of transformer blocks"))
-    num_attention_heads: int | None = field(default=None, metadata=_help("query heads"))
-    num_key_value_heads: int | None = field(default=None, metadata=_help("key/value heads (grouped-query attention)"))
-    max_position_embeddings: int | None = field(default=None, metadata=_help("longest trained sequence"))
-    rope_theta: float | None = field(default=None, metadata=_help("RoPE base"))
-    hidden_act: str | None = field(
-        default=None, metadata=_help("silu: SwiGLU MLP; gelu: GELU MLP", choices=list(HIDDEN_ACTS))
-    )
-    tie_word_embeddings: bool | None = field(default=None, metadata=_help("share input and output embeddings"))
-    initializer_range: float | None = field(default=None, metadata=_help("std of the normal init"))
-
-    def config_kwargs(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+BPE_DOC = """The vocabulary of the BPE trained on the data (part of the token cache's key); the model's own is the
+tokenizer's, rounded up to a multiple of 64 (`RunConfig.model_config`)."""
 
 
-@dataclass
-class TrainingArguments:
-    """Training fields, named as in `transformers.TrainingArguments` where it has them."""
-
-    output_dir: str | None = field(
-        default=None, metadata=_help("run directory (default: runs/<preset>-<norm>-<date>-<time>)")
-    )
-    overwrite_output_dir: bool = field(default=False, metadata=_help("replace a run already in output_dir"))
-    max_steps: int = field(default=300, metadata=_help("optimizer steps"))
-    per_device_train_batch_size: int = field(default=16, metadata=_help("sequences per device per micro-batch"))
-    per_device_eval_batch_size: int | None = field(default=None, metadata=_help("default: the train batch size"))
-    gradient_accumulation_steps: int = field(default=1, metadata=_help("micro-batches per optimizer step"))
-    learning_rate: float = field(default=3e-3, metadata=_help("peak learning rate"))
-    min_lr_ratio: float = field(default=0.1, metadata=_help("cosine decay floor, as a fraction of learning_rate"))
-    warmup_steps: int = field(default=30, metadata=_help("linear warm-up steps"))
-    weight_decay: float = field(default=0.1, metadata=_help("AdamW decay of matrices (never norms/biases/embeddings)"))
-    adam_beta1: float = field(default=0.9, metadata=_help("AdamW beta1"))
-    adam_beta2: float = field(default=0.95, metadata=_help("AdamW beta2"))
-    adam_epsilon: float = field(default=1e-8, metadata=_help("AdamW epsilon"))
-    max_grad_norm: float = field(default=1.0, metadata=_help("clip the global grad norm to this (0: no clipping)"))
-    seed: int = field(default=0, metadata=_help("seed of the initialization and the data order"))
-    logging_steps: int = field(default=10, metadata=_help("write a metrics row every N steps (>= 1)"))
-    eval_steps: int = field(default=100, metadata=_help("evaluate every N steps (0: only at the end)"))
-    max_eval_batches: int = field(default=20, metadata=_help("validation batches per evaluation"))
-    save_steps: int = field(default=100, metadata=_help("checkpoint every N steps (0: never)"))
-    save_total_limit: int | None = field(default=2, metadata=_help("keep only the newest N checkpoints"))
-    resume_from_checkpoint: str | None = field(
-        default=None, metadata=_help("checkpoint directory, or 'latest' for the newest one in output_dir")
-    )
-    max_nonfinite_steps: int = field(
-        default=10,
-        metadata=_help("skip steps with a non-finite gradient; stop the run as diverged after this many in a row"),
-    )
-    stability_metrics: bool = field(
-        default=True, metadata=_help("per-block grad/update/residual/attention-logit probes on logging steps")
-    )
-    torch_compile: bool = field(default=False, metadata=_help("compile the model with torch.compile"))
-    gradient_checkpointing: bool = field(
-        default=False, metadata=_help("recompute each block's activations in the backward pass: less memory, slower")
-    )
-    report_to: str = field(default="none", metadata=_help("experiment tracker", choices=list(REPORT_TO)))
-    run_name: str | None = field(default=None, metadata=_help("tracker run name (default: output_dir's name)"))
-    sample_max_new_tokens: int = field(default=64, metadata=_help("tokens sampled from the final model (0: none)"))
-    push_to_hub: bool = field(default=False, metadata=_help("upload the final model directory to the Hugging Face Hub"))
-    hub_model_id: str | None = field(default=None, metadata=_help("Hub repo for --push_to_hub, e.g. user/normgpt-tiny"))
-    hub_private_repo: bool | None = field(default=None, metadata=_help("create the Hub repo private"))
-
-    def __post_init__(self) -> None:
-        positive = (
-            "max_steps",
-            "per_device_train_batch_size",
-            "gradient_accumulation_steps",
-            "max_eval_batches",
-            "logging_steps",
-            "max_nonfinite_steps",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{f.name} must be a finite number, got {value}")
-        non_negative = ("warmup_steps", "weight_decay", "max_grad_norm", "logging_steps", "eval_steps", "save_steps")
-        for name in (*non_negative, "sample_max_new_tokens"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not self.adam_epsilon > 0:
-            raise ConfigError(f"adam_epsilon must be > 0, got {self.adam_epsilon}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        for name in ("adam_beta1", "adam_beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.per_device_eval_batch_size is not None and self.per_device_eval_batch_size <= 0:
-            raise ConfigError(f"per_device_eval_batch_size must be > 0, got {self.per_device_eval_batch_size}")
-        if self.save_total_limit is not None and self.save_total_limit <= 0:
-            raise ConfigError(f"save_total_limit must be > 0, got {self.save_total_limit}")
-        if self.report_to not in REPORT_TO:
-            raise ConfigError(f"unknown report_to {self.report_to!r}; valid: {', '.join(REPORT_TO)}")
-        if self.per_device_eval_batch_size is None:
-            self.per_device_eval_batch_size = self.per_device_train_batch_size
+def _model_post_init(self) -> None:
+    if self.rms_impl is None:  # a run_config.yaml written before the kernel choice was resolved
+        self.rms_impl = RMS_IMPLS[0]
 
 
+def _config_kwargs(self) -> dict[str, Any]:
+    """The NormGPTConfig keyword arguments these fields set (RoPE's base as the library's legacy `rope_theta`)."""
+    return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != RMS_IMPL[0]}
+
+
+ModelArguments = model_arguments()
 SECTIONS: dict[str, type] = {"model": ModelArguments, "data": DataArguments, "training": TrainingArguments}
+
+
+def model_field(config: NormGPTConfig, name: str) -> Any:
+    """A ModelArguments field's value in a built model config (RoPE's base lives in `rope_parameters` in 5.x)."""
+    if name == "rope_theta" and getattr(config, "rope_parameters", None):
+        return config.rope_parameters.get("rope_theta", getattr(config, "rope_theta", None))
+    return getattr(config, name)
+
+
+def build_model_config(model: Any, **overrides: Any) -> NormGPTConfig:
+    """The HF config of the model that ModelArguments `model` describe; bad combinations become ConfigError."""
+    try:
+        return NormGPTConfig(**{**model.config_kwargs(), **overrides})
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 @dataclass
@@ -174,12 +152,18 @@ class RunConfig:
     def to_yaml_dict(self) -> dict[str, dict[str, Any]]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 
-    def model_config(self, **overrides: Any) -> NormGPTConfig:
-        """The HF config of the model these arguments describe; bad combinations become ConfigError."""
-        try:
-            return NormGPTConfig(**{**self.model.config_kwargs(), **overrides})
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+    def model_config(self, tokenizer: Any = None) -> NormGPTConfig:
+        """The model's config: from the model fields, and with a tokenizer its vocabulary (rounded up to a multiple
+        of 64, which keeps the output matmul efficient) and its special ids. Bad combinations become ConfigError."""
+        if tokenizer is None:
+            return build_model_config(self.model)
+        return build_model_config(
+            self.model,
+            vocab_size=64 * math.ceil(len(tokenizer) / 64),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
 
     def resolved(self, config: NormGPTConfig, output_dir: Path, cache_dir: Path) -> dict[str, dict[str, Any]]:
         """Sections with every default replaced by the value this run used, so `--config run_config.yaml`
@@ -190,42 +174,31 @@ class RunConfig:
             if value is None and name != "vocab_size":
                 sections["model"][name] = model_field(config, name)
         if sections["model"]["vocab_size"] is None:
-            sections["model"]["vocab_size"] = DEFAULT_VOCAB_SIZE if self.data.tokenizer is None else config.vocab_size
+            tokenizer_given = self.data.tokenizer is not None
+            sections["model"]["vocab_size"] = config.vocab_size if tokenizer_given else self.model.bpe_vocab_size
         sections["training"]["output_dir"] = str(output_dir)
         sections["data"]["cache_dir"] = str(cache_dir)
         return sections
 
 
-# The optimizer's and the learning-rate schedule's hyperparameters (a resume must keep them; a model card shows them).
-OPTIMIZATION_FIELDS = (
-    "learning_rate",
-    "min_lr_ratio",
-    "warmup_steps",
-    "weight_decay",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_epsilon",
-    "max_grad_norm",
-)
-DEFAULT_VOCAB_SIZE = 4096  # of the BPE trained on the data when neither the preset nor the CLI sets one
-
-
-def model_field(config: NormGPTConfig, name: str) -> Any:
-    """A ModelArguments field's value in a built model config (RoPE's base lives in `rope_parameters` in 5.x)."""
-    if name == "rope_theta" and getattr(config, "rope_parameters", None):
-        return config.rope_parameters.get("rope_theta", getattr(config, "rope_theta", None))
-    return getattr(config, name)
-
-
-class _Parser(HfArgumentParser):
-    """argparse prints usage and exits from deep inside; we want one line and the caller deciding the exit."""
+class ArgumentParser(HfArgumentParser):
+    """`HfArgumentParser` over normgpt's argument dataclasses: it leaves out their roles (metadata that is no
+    argparse keyword), and a bad flag is one ConfigError line, where argparse prints usage and exits from deep
+    inside."""
 
     def error(self, message: str):
         raise ConfigError(f"{message} (see --help)")
 
+    @staticmethod
+    def _parse_dataclass_field(parser, field: dataclasses.Field) -> None:
+        # A field's roles (train/arguments.py) are normgpt's metadata, not an argparse keyword.
+        field = copy.copy(field)
+        field.metadata = types.MappingProxyType({k: v for k, v in field.metadata.items() if k != "roles"})
+        HfArgumentParser._parse_dataclass_field(parser, field)
 
-def build_parser() -> _Parser:
-    parser = _Parser(list(SECTIONS.values()), allow_abbrev=False, description="Train a NormGPT model.")
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(list(SECTIONS.values()), allow_abbrev=False, description="Train a NormGPT model.")
     parser.add_argument(
         "--config",
         default=str(DEFAULT_CONFIG),
@@ -312,7 +285,11 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
             f"{data_args.block_size}"
         )
     run = RunConfig(model_args, data_args, train_args, str(config_file))
-    run.model_config()  # validate the model fields together (heads divide width, ...) before any work starts
+    config = run.model_config()  # the model fields checked together (heads divide width, ...) before any work starts
+    if data_args.block_size > config.max_position_embeddings:
+        raise ConfigError(
+            f"block_size ({data_args.block_size}) exceeds max_position_embeddings ({config.max_position_embeddings})"
+        )
     return run
 
 

@@ -1,77 +1,27 @@
 """Claiming an output directory: checked before any work, locked for the run's whole life, and replaced only where
 every entry in it is one normgpt wrote.
 
-`--overwrite_output_dir` removes normgpt's own files of a run directory and nothing else: a directory that also
-holds anything normgpt does not write (a user's thesis, code, data) is refused, and so are the working directory
-and its parents, the home directory, the repository and the filesystem root, whatever they hold.
+`--overwrite_output_dir` removes normgpt's own files of a run directory (train/run_directory.py's `owned` says which)
+and nothing else: a directory that also holds anything normgpt does not write (a user's thesis, code, data) is
+refused, and so are the working directory and its parents, the home directory, the repository and the filesystem
+root, whatever they hold.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import filelock
 
-from train.final_model import EXPORT, STAGING
-from train.hub import model_files
-from train.run_directory import CARD_MARKER, DATA_INFO, LOSS_CURVE, METRICS, RUN_CONFIG, SAMPLE, SUMMARY, holds_run
+from train.run_directory import LOCK, foreign_entries, remove_owned
 
-LOCK = ".normgpt.lock"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Every entry normgpt (the trainer, its trackers, ablate.py, the export) writes into a run directory, besides the
-# model's files (train/hub.py: MODEL_FILE_PATTERNS, and the remote code config.json names).
-OWN_FILES = (
-    METRICS,
-    RUN_CONFIG,
-    DATA_INFO,
-    SUMMARY,
-    LOSS_CURVE,
-    SAMPLE,
-    LOCK,
-    "export.json",
-    "train.log",
-    "ablate_error.log",
-)
-OWN_DIRS = ("checkpoint-*", STAGING, EXPORT, f"{EXPORT}.*", f".{EXPORT}.*.tmp", "tensorboard", "wandb")
-CARD_FILES = ("README.md", "LICENSE")  # normgpt's only when the card says normgpt made it
 
 
 class OutputDirError(ValueError):
     """An output directory that cannot or must not be used; the message is one line."""
-
-
-def _is_card(path: Path) -> bool:
-    try:
-        return CARD_MARKER in path.read_text(errors="replace")
-    except OSError:
-        return False
-
-
-def _own(entry: Path) -> bool:
-    if entry.is_dir() and not entry.is_symlink():
-        return any(fnmatch.fnmatchcase(entry.name, p) for p in OWN_DIRS)
-    if entry.name in CARD_FILES:
-        return _card_file(entry)
-    if any(fnmatch.fnmatchcase(entry.name, p) for p in OWN_FILES) or entry.name in model_files(entry.parent):
-        return True
-    return False
-
-
-def _card_file(entry: Path) -> bool:
-    if entry.name == "README.md":
-        return _is_card(entry)
-    if entry.name == "LICENSE":
-        return (entry.parent / "README.md").is_file() and _is_card(entry.parent / "README.md")
-    return False
-
-
-def foreign_entries(directory: Path) -> list[str]:
-    """Names in `directory` that normgpt did not write."""
-    return sorted(p.name for p in Path(directory).iterdir() if not _own(p))
 
 
 def check_path(output_dir: Path) -> None:
@@ -121,13 +71,7 @@ def check_overwrite(output_dir: Path) -> None:
 
 def clear_run(output_dir: Path) -> None:
     """Remove normgpt's entries from a directory `check_overwrite` accepted (the lock file stays: we hold it)."""
-    for entry in Path(output_dir).iterdir():
-        if entry.name == LOCK or not _own(entry):
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+    remove_owned(output_dir, keep=(LOCK,))
 
 
 class OutputLock:
@@ -174,4 +118,4 @@ class OutputLock:
             os.rmdir(self.output_dir)
 
 
-__all__ = ["OutputDirError", "OutputLock", "check_overwrite", "check_path", "clear_run", "foreign_entries", "holds_run"]
+__all__ = ["OutputDirError", "OutputLock", "check_overwrite", "check_path", "clear_run"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from train.run_directory import atomic_path, eval_rows, read_jsonl, train_rows
+from train.atomic_io import atomic_path, read_jsonl
+from train.run_directory import eval_rows, train_rows
 
 
 def plot_loss_curve(metrics_path: Path, out_png: Path, title: str) -> None:

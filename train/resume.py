@@ -1,35 +1,37 @@
 """Whether a run may continue a checkpoint: the settings that would break the resume or silently not apply must be
 the ones the checkpoint was trained with.
 
-Compared: the architecture (every model field but `rms_impl`, which picks a kernel, not the numerics), the data
-(dataset fingerprint, tokenizer and split, through the token cache's key) and `block_size`, the batch geometry
-(per-device batch and the global batch; a different process count with the same global batch is fine), the optimizer
-and schedule hyperparameters, and the seed. Everything else (max_steps, logging, evaluation, saving, trackers,
+Compared: the fields whose metadata gives them the role `resume` or `optimization` (train/arguments.py): the
+architecture (every model field but `rms_impl`, which picks a kernel, not the numerics), `block_size`, the per-device
+batch, the optimizer and schedule hyperparameters, and the seed; then the data (dataset fingerprint, tokenizer and
+split, through the token cache's key) and the global batch (a different process count with the same global batch is
+fine). Everything else (max_steps, logging, evaluation, saving, trackers,
 compile, gradient checkpointing) may change. A longer `--max_steps` re-spreads the cosine decay over the new horizon
 from the resume step on: the learning rate at the resume step jumps from the old schedule's value to the new one's.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from model import NormGPTConfig
-from train.config import DEFAULT_VOCAB_SIZE, OPTIMIZATION_FIELDS, ConfigError, model_field
+from train.arguments import OPTIMIZATION, RESUME, ConfigError, DataArguments, TrainingArguments, fields_with
+from train.atomic_io import read_json
+from train.config import ModelArguments, build_model_config, model_field
 from train.run_directory import DATA_INFO, RUN_CONFIG, read_run_config
 
-MODEL_FREE = ("rms_impl",)
-TRAINING_FIELDS = (*OPTIMIZATION_FIELDS, "seed", "per_device_train_batch_size")
+MODEL_FIELDS = fields_with(RESUME, sections=(ModelArguments,))
+DATA_FIELDS = fields_with(RESUME, OPTIMIZATION, sections=(DataArguments,))
+TRAINING_FIELDS = fields_with(RESUME, OPTIMIZATION, sections=(TrainingArguments,))
 
 
 def _resolved_model(section: dict[str, Any]) -> dict[str, Any]:
-    """Model fields as the model saw them: a legacy run_config.yaml wrote null for every default."""
-    kwargs = {k: v for k, v in section.items() if v is not None and k != "vocab_size"}
-    config = NormGPTConfig(**kwargs)
-    out = {k: (v if v is not None else model_field(config, k)) for k, v in section.items() if k != "vocab_size"}
-    out["vocab_size"] = section.get("vocab_size") or DEFAULT_VOCAB_SIZE
-    return {k: v for k, v in out.items() if k not in MODEL_FREE}
+    """The resume-relevant model fields as the model saw them: a legacy run_config.yaml wrote null for every
+    default, which the model config resolves."""
+    model = ModelArguments(**{k: v for k, v in section.items() if k in MODEL_FIELDS and k != "vocab_size"})
+    config = build_model_config(model)
+    out = {k: model_field(config, k) for k in MODEL_FIELDS if k != "vocab_size"}
+    return {**out, "vocab_size": ModelArguments(vocab_size=section.get("vocab_size")).bpe_vocab_size}
 
 
 def _global_batch(training: dict[str, Any], processes: int) -> int:
@@ -45,7 +47,7 @@ def _saved(checkpoint: Path, state: dict[str, Any]) -> tuple[dict, dict | None, 
         sections = read_run_config(run_dir / RUN_CONFIG)
     key = (state.get("data") or {}).get("cache_key")
     if key is None and (run_dir / DATA_INFO).is_file():
-        key = json.loads((run_dir / DATA_INFO).read_text()).get("cache_key")
+        key = read_json(run_dir / DATA_INFO).get("cache_key")
     processes = state.get("num_processes") or state.get("batches", {}).get("world_size", 1)
     return sections, key, int(processes)
 
@@ -57,8 +59,9 @@ def differences(
     diffs = []
     old_model, new_model = _resolved_model(old["model"]), _resolved_model(new["model"])
     diffs += [f"{k} {old_model.get(k)!r} -> {v!r}" for k, v in new_model.items() if old_model.get(k) != v]
-    if old["data"].get("block_size") != new["data"]["block_size"]:
-        diffs.append(f"block_size {old['data'].get('block_size')!r} -> {new['data']['block_size']!r}")
+    diffs += [
+        f"{k} {old['data'].get(k)!r} -> {new['data'][k]!r}" for k in DATA_FIELDS if old["data"].get(k) != new["data"][k]
+    ]
     if old_key is not None and old_key != new_key:
         changed = sorted(k for k in set(old_key) | set(new_key) if old_key.get(k) != new_key.get(k))
         diffs.append(f"data ({', '.join(changed)} of the token cache key) differs")

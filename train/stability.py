@@ -268,15 +268,12 @@ def attention_logit_probe(blocks: Sequence[nn.Module], max_sequences: int = 4) -
             handle.remove()
 
 
-# Summary fields that are the maximum of a probe over the whole run: probe row key -> Summary field.
-RUN_MAXIMA = {"attn_logit_max": "max_attn_logit"}
-
-
 class BlockProbes:
     """The probes of one logging step, in the order the step runs them: `forward` around the forward pass of the last
     micro-batch (its output must carry `hidden_states`), `before_update` after backward, `after_update` after the
     optimizer step, which returns the finished row fields. A new per-block signal is a function above and a line
-    here; a run-wide maximum of it is a RUN_MAXIMA entry (and a Summary field).
+    here; its run-wide maximum, in summary.json and the sweep report, is a `RunMetric` entry in
+    train/run_directory.py (with its Summary field).
 
     `reduce` sums per-shard partial sums over processes (FSDP); identity otherwise."""
 
@@ -312,11 +309,3 @@ class BlockProbes:
         self.row["update_ratio_blocks"] = [round(u / max(w, 1e-12), 8) for u, w in zip(update, weight, strict=True)]
         order = ("grad_norm_blocks", "update_ratio_blocks", "resid_rms", "attn_logit_max", "log_z")
         return {key: self.row[key] for key in order}
-
-
-def update_maxima(maxima: dict[str, float], row: dict) -> None:
-    """Fold a probe row into the run-wide maxima (RUN_MAXIMA)."""
-    for key, name in RUN_MAXIMA.items():
-        values = [v for v in row.get(key) or [] if v is not None and math.isfinite(v)]
-        if values:
-            maxima[name] = max(values + ([maxima[name]] if maxima.get(name) is not None else []))

@@ -1,7 +1,8 @@
 """Train a NormGPT model. The one entry point, on a laptop CPU, one GPU, many GPUs or many nodes:
 
-    python train/train.py --norm rms                      # plain process
+    normgpt train --norm rms                              # plain process (also: python train/train.py --norm rms)
     accelerate launch train/train.py --norm rms           # whatever `accelerate config` set up
+    accelerate launch -m train train --norm rms           # the same, through the front door (train/__main__.py)
     accelerate launch --multi_gpu --num_processes 2 train/train.py   # 2-process DDP (gloo on a CPU-only machine)
 
 Everything the run produces goes to --output_dir (see train/run_directory.py). Exit codes: 0 when the run ended
@@ -16,15 +17,18 @@ import sys
 from pathlib import Path
 
 if __package__ in (None, ""):
-    # Run as a script, Python puts train/ itself first on sys.path, where `import train` would find this very file
-    # instead of the package. The repository root takes its place (which also works from a clone without pip install).
+    # `python train/train.py` (and `accelerate launch train/train.py`, which runs the same) puts the script's own
+    # folder, train/, first on sys.path, where `import train` finds this very file instead of the package: no import
+    # of the package can work until that entry goes. The repository root takes its place (so a clone runs without
+    # pip install too). Every other entry point is a module of the installed package and needs nothing of the kind.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from train.arguments import ConfigError  # noqa: E402
 from train.checkpoints import CheckpointError  # noqa: E402
-from train.config import ConfigError, parse_args  # noqa: E402
+from train.config import parse_args  # noqa: E402
 from train.data import DataError  # noqa: E402
-from train.hub import HubError  # noqa: E402
 from train.output_dir import OutputDirError  # noqa: E402
+from train.publish.hub import HubError  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
 
 BAD_INPUT = (ConfigError, DataError, CheckpointError, OutputDirError, HubError)

@@ -1,7 +1,8 @@
 """The training loop as a small object: setup, one optimizer step, logging, evaluation, checkpointing, finish.
 
-Everything the run leaves goes through `train/run_directory.py` (metrics, summary, config), `train/checkpoints.py`
-(checkpoints) and `train/output_dir.py` (claiming and locking the directory). The model knows nothing of any of it.
+Everything the run leaves goes through `train/run_directory.py` (names, metrics, summary, config),
+`train/checkpoints.py` (checkpoints), `train/output_dir.py` (claiming and locking the directory) and
+`train/publish/final_model.py` (the model a finished run leaves). The model knows nothing of any of it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import math
 import os
 import shutil
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -24,29 +24,35 @@ from accelerate.utils import DistributedType, ProjectConfiguration, broadcast_ob
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from model import NormGPTForCausalLM
-from model.norms import Norm, describe_norms
+from model import NormGPTConfig, NormGPTForCausalLM
+from model.norms import Norm, describe_norms, norm_eps
 from train import checkpoints as ckpt
 from train import output_dir as outdir
-from train.config import DEFAULT_VOCAB_SIZE, ConfigError, RunConfig
+from train.arguments import ConfigError, TrainingArguments
+from train.atomic_io import write_json
+from train.config import RunConfig
 from train.data import PreparedData, TokenBatches, eval_batches, prepare_data
-from train.final_model import clean_stale, sample_text, save_final_model
 from train.flops import flops_per_token, matmul_parameters, peak_flops
-from train.hub import HubError, push_to_hub, resolve_repo_id
-from train.model_card import write_model_card
+from train.hardware import available_cores, device_name, hardware
 from train.plots import plot_loss_curve
+from train.publish.export import ExportResult
+from train.publish.final_model import card_and_upload, clean_stale, save_final_model
+from train.publish.hub import resolve_repo_id
 from train.resume import check_resume_config
 from train.run_directory import (
     DATA_INFO,
     LOSS_CURVE,
     METRICS,
     RUN_CONFIG,
+    RUN_METRICS,
     SAMPLE,
+    TENSORBOARD,
     MetricsLog,
     RunStatus,
     Summary,
-    device_name,
-    write_json,
+    checkpoint_dir,
+    checkpoint_staging,
+    holds_run,
     write_run_config,
 )
 from train.stability import (
@@ -56,23 +62,8 @@ from train.stability import (
     PlateauDetector,
     SpikeDetector,
     unigram_entropy,
-    update_maxima,
 )
 
-SUMMARY_MODEL_FIELDS = (
-    "norm_type",
-    "norm_placement",
-    "qk_norm",
-    "z_loss",
-    "rms_norm_eps",
-    "rms_impl",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "hidden_act",
-    "vocab_size",
-)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
@@ -87,9 +78,12 @@ class TrainerState:
     best_val_loss: float | None = None
     max_grad_norm: float = 0.0  # largest finite pre-clipping gradient norm of any step
     last_train_loss: float | None = None  # training loss of the last logged step
-    maxima: dict[str, float] = field(default_factory=dict)  # run-wide probe maxima (stability.RUN_MAXIMA)
+    maxima: dict[str, float] = field(default_factory=dict)  # run-wide probe maxima (RUN_METRICS with from_rows)
 
-    def load(self, state: dict[str, Any]) -> None:
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             if key in self.__dataclass_fields__:
                 setattr(self, key, value)
@@ -179,7 +173,7 @@ def use_cpu_cores(accelerator: Accelerator) -> None:
     """
     if accelerator.device.type != "cpu":
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
     torch.set_num_threads(int(os.environ.get("NORMGPT_CPU_THREADS", max(1, cores // local_processes))))
 
@@ -189,7 +183,7 @@ def resolve_output_dir(run: RunConfig, state: PartialState) -> Path:
     chosen = [run.training.output_dir]
     if chosen[0] is None and state.is_main_process:
         stem = Path(run.config_file).stem
-        norm = run.model.norm_type or "rms"
+        norm = run.model.norm_type or NormGPTConfig.norm_type  # the config's default
         chosen[0] = f"runs/{stem}-{norm}-{datetime.now():%Y%m%d-%H%M%S}"
     if state.num_processes > 1:
         broadcast_object_list(chosen)
@@ -198,32 +192,77 @@ def resolve_output_dir(run: RunConfig, state: PartialState) -> Path:
 
 class Trainer:
     """Call `setup()`, then `train()`, which returns the run's Summary. `interrupted_by` is the signal that stopped
-    the run, if one did."""
+    the run, if one did. Its state is declared here, group by group; `setup` fills what has no default."""
+
+    # What it was asked to do
+    run: RunConfig
+    args: TrainingArguments
+    # Where it runs: the processes, and the output directory it holds for its whole life
+    accelerator: Accelerator
+    is_main: bool
+    log_with: list[str] | None  # the experiment trackers (--report_to)
+    output_dir: Path
+    lock: outdir.OutputLock | None = None
+    wrote_anything: bool = False  # whether output_dir holds anything of this run yet (a failed setup leaves nothing)
+    resume_path: Path | None = None
+    resume_state: dict[str, Any] | None = None  # the checkpoint's trainer_state.json
+    repo_id: str | None = None  # --push_to_hub's repo, resolved before training
+    # What it trains, on what
+    data: PreparedData
+    config: NormGPTConfig
+    sections: dict[str, dict[str, Any]]  # the resolved run config, as run_config.yaml holds it
+    model: torch.nn.Module  # as accelerate prepared it (DDP/FSDP-wrapped, compiled)
+    unwrapped: NormGPTForCausalLM
+    eager_model: torch.nn.Module  # the uncompiled module, which probing steps run (a compiled forward skips hooks)
+    optimizer: Any
+    scheduler: Any
+    probes: BlockProbes
+    n_params: int
+    flops_per_token: float
+    peak: float | None  # the GPU's peak FLOP/s, for MFU; None off CUDA or for an unknown GPU
+    tokens_per_step: int
+    unigram_entropy: float | None
+    # Progress a checkpoint keeps: every part of `stateful`, under its key in trainer_state.json
+    state: TrainerState
+    batches: TokenBatches
+    spikes: SpikeDetector
+    divergence: DivergenceMonitor
+    plateau: PlateauDetector
+    guard: NonFiniteGuard
+    stateful: dict[str, Any]  # key -> a part with state_dict() and load_state_dict()
+    # The current segment (from setup or a resume to the end): what is logged, and flags read one step late
+    metrics: MetricsLog
+    window: LogWindow
+    readback: LaggedReadback
+    stop_flag: torch.Tensor
+    lr: float
+    grad_norm: torch.Tensor
+    segment_start: float
+    elapsed_before: float
+    # Signals and the outcome
+    signal_seen: int | None = None  # set by the handler; sent to every rank with the next step's flags
+    stop_sent: bool = False
+    interrupted_by: int | None = None
+    skipped_steps: int = 0
+    export: ExportResult | None = None  # the final model's export (main process)
+    upload_failed: bool = False
 
     def __init__(self, run: RunConfig) -> None:
         self.run = run
         self.args = run.training
-        self.interrupted_by: int | None = None
-        self._signal_seen: int | None = None
-        self._stop_sent = False
-        self.skipped_steps = 0
-        self.lock: outdir.OutputLock | None = None
-        self.export = None
-        self.upload_failed = False
 
     # ---------------------------------------------------------------------------------------------------------------
     # Setup
 
     def setup(self) -> None:
         self._setup_accelerator()
-        self._wrote_anything = False
         try:
             self._claim_output_dir()
             self._setup_data_and_config()
             self._setup_model_and_optimizer()
             self._setup_loop_state()
         except BaseException:
-            if self.lock is not None and not self._wrote_anything:
+            if self.lock is not None and not self.wrote_anything:
                 self.lock.abandon()
             raise
 
@@ -239,7 +278,7 @@ class Trainer:
             cpu=cpu,
             log_with=self.log_with,
             project_config=ProjectConfiguration(
-                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "tensorboard")
+                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / TENSORBOARD)
             ),
             dynamo_backend="inductor" if args.torch_compile else None,
             step_scheduler_with_optimizer=False,
@@ -253,7 +292,7 @@ class Trainer:
         args, out = self.args, self.output_dir
         outdir.check_path(out)
         resuming = args.resume_from_checkpoint is not None
-        if not resuming and outdir.holds_run(out):
+        if not resuming and holds_run(out):
             if not args.overwrite_output_dir:
                 hint = "" if ckpt.list_checkpoints(out) else " (it stopped before its first checkpoint)"
                 raise ConfigError(
@@ -273,19 +312,9 @@ class Trainer:
 
     def _setup_data_and_config(self) -> None:
         run, args, accelerator = self.run, self.args, self.accelerator
-        max_positions = run.model_config().max_position_embeddings
-        if run.data.block_size > max_positions:  # checked before any data work: it is a config error
-            raise ConfigError(f"block_size ({run.data.block_size}) exceeds max_position_embeddings ({max_positions})")
         set_seed(args.seed)
-        bpe_size = run.model.vocab_size or DEFAULT_VOCAB_SIZE
-        self.data: PreparedData = prepare_data(run.data, bpe_size, accelerator.main_process_first)
-        tokenizer = self.data.tokenizer
-        self.config = run.model_config(
-            vocab_size=64 * math.ceil(len(tokenizer) / 64),  # a multiple of 64 keeps the output matmul efficient
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        self.data = prepare_data(run.data, run.model.bpe_vocab_size, accelerator.main_process_first)
+        self.config = run.model_config(self.data.tokenizer)
         self.sections = run.resolved(self.config, self.output_dir, Path(self.data.info["cache_path"]).parent)
         if self.resume_path is not None:
             check_resume_config(
@@ -303,12 +332,13 @@ class Trainer:
             clean_stale(self.output_dir)
             write_run_config(self.output_dir / RUN_CONFIG, self.sections)
             write_json(self.output_dir / DATA_INFO, self.data.info)
-        self._wrote_anything = True
+        self.wrote_anything = True
         accelerator.wait_for_everyone()
 
     def _setup_model_and_optimizer(self) -> None:
         args, accelerator = self.args, self.accelerator
         model = NormGPTForCausalLM(self.config)
+        model.set_rms_impl(self.run.model.rms_impl)  # a runtime option: never part of the saved model
         if args.gradient_checkpointing:
             model.activation_checkpointing_enable()  # non-reentrant: works under DDP, compile and the probes
         self.n_params = sum(p.numel() for p in model.parameters())
@@ -336,12 +366,7 @@ class Trainer:
 
     def _setup_loop_state(self) -> None:
         args, accelerator, data = self.args, self.accelerator, self.data
-        self.tokens_per_step = (
-            args.per_device_train_batch_size
-            * self.run.data.block_size
-            * args.gradient_accumulation_steps
-            * accelerator.num_processes
-        )
+        self.tokens_per_step = args.tokens_per_step(self.run.data.block_size, accelerator.num_processes)
         self.batches = TokenBatches(
             data.train,
             self.run.data.block_size,
@@ -358,6 +383,14 @@ class Trainer:
         self.guard = NonFiniteGuard(accelerator.device, args.max_nonfinite_steps)
         self.readback = LaggedReadback(accelerator.device, 3)
         self.stop_flag = torch.zeros((), dtype=torch.int64, device=accelerator.device)
+        self.stateful = {
+            "trainer": self.state,
+            "batches": self.batches,
+            "spikes": self.spikes,
+            "divergence": self.divergence,
+            "plateau": self.plateau,
+            "nonfinite": self.guard,
+        }
         self.metrics = MetricsLog(self.output_dir / METRICS, enabled=self.is_main)
         self.window = LogWindow()
         if self.resume_path is not None:
@@ -380,14 +413,10 @@ class Trainer:
     # Checkpoints
 
     def _state_dict(self) -> dict[str, Any]:
+        """trainer_state.json: every stateful part, and what a resume compares against."""
         return {
             "format": ckpt.FORMAT,
-            "trainer": asdict(self.state),
-            "batches": self.batches.state_dict(),
-            "spikes": self.spikes.state_dict(),
-            "divergence": self.divergence.state_dict(),
-            "plateau": self.plateau.state_dict(),
-            "nonfinite": self.guard.state_dict(),
+            **{key: part.state_dict() for key, part in self.stateful.items()},
             "num_processes": self.accelerator.num_processes,
             "run_config": self.sections,
             "data": {"cache_key": self.data.info["cache_key"], "fingerprint": self.data.info["fingerprint"]},
@@ -401,14 +430,9 @@ class Trainer:
         fused = self.accelerator.device.type == "cuda"
         for group in self.optimizer.param_groups:
             group["fused"], group["foreach"] = fused, None if fused else group["foreach"]
-        self.state.load(state["trainer"])
-        self.batches.load_state_dict(state["batches"])
-        self.spikes.load_state_dict(state["spikes"])
-        self.divergence.load_state_dict(state["divergence"])
-        if "plateau" in state:
-            self.plateau.load_state_dict(state["plateau"])
-        if "nonfinite" in state:
-            self.guard.load_state_dict(state["nonfinite"])
+        for key, part in self.stateful.items():
+            if key in state:  # a checkpoint older than a part (plateau, nonfinite) leaves it fresh
+                part.load_state_dict(state[key])
         self.metrics.truncate_after(self.state.step)
         self.accelerator.print(f"resumed from {self.resume_path} at step {self.state.step}")
 
@@ -424,8 +448,8 @@ class Trainer:
         if not self._weights_finite():
             return False
         accelerator = self.accelerator
-        final = self.output_dir / f"checkpoint-{self.state.step}"
-        staging = ckpt.staging_dir(final)
+        final = checkpoint_dir(self.output_dir, self.state.step)
+        staging = checkpoint_staging(final)
         if self.is_main:
             shutil.rmtree(staging, ignore_errors=True)
         accelerator.wait_for_everyone()
@@ -443,7 +467,7 @@ class Trainer:
     # Signals
 
     def _on_signal(self, signum, frame) -> None:
-        self._signal_seen = signum
+        self.signal_seen = signum
         signal.signal(signum, signal.SIG_DFL)  # a second signal of the same kind ends the process at once
 
     def _install_signal_handlers(self) -> None:
@@ -549,9 +573,9 @@ class Trainer:
         return out
 
     def _push_flags(self) -> None:
-        if self._signal_seen is not None and not self._stop_sent:
-            self.stop_flag.fill_(self._signal_seen)
-            self._stop_sent = True
+        if self.signal_seen is not None and not self.stop_sent:
+            self.stop_flag.fill_(self.signal_seen)
+            self.stop_sent = True
         flags = torch.stack([self.guard.streak, self.guard.total, self.stop_flag])
         if self.accelerator.num_processes > 1:
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
@@ -612,7 +636,8 @@ class Trainer:
             postfix["mfu"] = f"{row['mfu']:.1%}"
         if probes is not None:
             row |= probes
-            update_maxima(state.maxima, probes)
+            for metric in RUN_METRICS:
+                metric.fold(state.maxima, probes)
         row |= {"spike_count": len(self.spikes.spike_steps), "spikes": new_spikes, "skipped_steps": self.skipped_steps}
         self._log(row)
         bar.set_postfix(postfix, refresh=False)
@@ -664,7 +689,7 @@ class Trainer:
             if why := self.plateau.stalled():
                 status, reason = RunStatus.STALLED, why
             check_ranks_agree(self.model, self.accelerator)
-            self.export = save_final_model(self.model, self.accelerator, self.data, self.output_dir)
+            self.export = save_final_model(self.model, self.accelerator, self.data.tokenizer, self.output_dir)
         elif status is RunStatus.INTERRUPTED and not self.save_checkpoint():
             reason += "; no checkpoint written: the weights are not finite"
         if status in (RunStatus.DIVERGED, RunStatus.STALLED):
@@ -676,7 +701,7 @@ class Trainer:
         return summary
 
     def _summary(self, status: RunStatus, reason: str | None, final_val_loss: float | None) -> Summary:
-        state, config = self.state, self.config
+        state = self.state
         return Summary(
             status=status,
             steps=state.step,
@@ -691,6 +716,8 @@ class Trainer:
             spike_steps=self.spikes.spike_steps,
             max_grad_norm=state.max_grad_norm,
             **state.maxima,
+            tokens=state.tokens,
+            tokens_per_step=self.tokens_per_step,
             tokens_per_sec=round(state.tokens / max(state.elapsed, 1e-9), 1),
             wall_time=round(state.elapsed, 3),
             num_parameters=self.n_params,
@@ -700,8 +727,21 @@ class Trainer:
             seed=self.args.seed,
             unigram_entropy=self.unigram_entropy,
             skipped_steps=self.skipped_steps,
-            model={**{k: getattr(config, k) for k in SUMMARY_MODEL_FIELDS}, "norm_numerics": describe_norms(config)},
+            model=self._model_record(),
+            hardware=hardware(),
+            export=self.export.record() if self.export is not None else None,
         )
+
+    def _model_record(self) -> dict[str, Any]:
+        """summary.json's `model`: every model field as the run resolved it (the kernel choice too), the model's
+        vocabulary, and the norm's eps and numerics as the norm registry states them."""
+        config = self.config
+        return {
+            **self.sections["model"],
+            "vocab_size": config.vocab_size,
+            "norm_eps": norm_eps(config),
+            "norm_numerics": describe_norms(config),
+        }
 
     def _write_outputs(self, summary: Summary) -> None:
         out = self.output_dir
@@ -715,7 +755,7 @@ class Trainer:
             (out / SAMPLE).write_text(text + "\n")
             print(f"--- sample (greedy) ---\n{text}\n-----------------------")
         if finished_model:
-            self._card_and_upload()
+            self.upload_failed = not card_and_upload(out, self.export, self.repo_id, self.args.hub_private_repo)
         val = summary.final_val_loss
         final = f"final val_loss {val:.4f}" if val is not None else "no final validation loss"
         if not self.has_val:
@@ -724,28 +764,9 @@ class Trainer:
             final = f"interrupted ({summary.stop_reason}); resume with --resume_from_checkpoint latest"
         print(f"done: {summary.steps} steps, {final}, {summary.wall_time:.1f}s; {summary.status}; run in {out}")
 
-    def _card_and_upload(self) -> None:
-        out = self.output_dir
-        write_model_card(out, model_id=self.repo_id)
-        kind = self.export.describe() if self.export is not None else "normgpt remote code (the export failed)"
-        flags = "" if self.export is not None and self.export.stock else ", trust_remote_code=True"
-        print(f"model: {kind}\n  load it with AutoModelForCausalLM.from_pretrained('{out}'{flags})")
-        if self.repo_id is None:
-            return
-        try:
-            url = push_to_hub(out, self.repo_id, private=self.args.hub_private_repo)
-            print(f"uploaded the model (never its checkpoints) to {url}")
-        except HubError as err:
-            self.upload_failed = True
-            print(
-                f"train.py: error: {err}; the run is complete: retry with python -m train.hub {out} "
-                f"--hub_model_id {self.repo_id}",
-                file=sys.stderr,
-            )
-
     def _write_failed_summary(self, err: Exception) -> None:
         """Best effort: a run that crashed says so instead of looking like one still running."""
-        if not self.is_main or not getattr(self, "_wrote_anything", False):
+        if not self.is_main or not self.wrote_anything:
             return
         first = (str(err).strip().splitlines() or [""])[0][:300]
         with contextlib.suppress(Exception):
@@ -756,6 +777,20 @@ class Trainer:
                 stop_reason=f"{type(err).__name__}: {first}",
                 stop_step=self.state.step,
             ).write(self.output_dir)
+
+
+def sample_text(model, accelerator: Accelerator, data: PreparedData, max_new_tokens: int) -> str:
+    """Greedy continuation of the first tokens of the validation split (of the training split without one): the
+    quickest look at what the model learnt."""
+    source = data.val if len(data.val) >= 16 else data.train
+    model.eval()
+    prompt = torch.as_tensor(source[:16].astype("int64"), device=accelerator.device)[None]
+    with torch.no_grad():
+        out = model.generate(
+            prompt, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=data.tokenizer.eos_token_id
+        )
+    model.train()
+    return data.tokenizer.decode(out[0])
 
 
 def check_ranks_agree(model, accelerator: Accelerator) -> None:

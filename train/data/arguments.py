@@ -1,49 +1,12 @@
-"""The data layer's inputs and its one error type: `DataArguments` (the `--dataset`/`--tokenizer`/... flags),
-`DataError`, and the small rules every data module applies to them."""
+"""The data layer's one error type, `DataError`, and the small rules every data module applies to its inputs
+(`DataArguments`, the `--dataset`/`--tokenizer`/... flags, defined with the other run flags in train/arguments.py)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
-
-@dataclass
-class DataArguments:
-    dataset: str = field(
-        default="stdlib",
-        metadata={
-            "help": "'stdlib' (the running Python's standard library sources, no download), a local "
-            ".txt/.jsonl/.json/.parquet file or folder of them, or a hub dataset name"
-        },
-    )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "config name of a hub dataset"})
-    text_column: str = field(
-        default="text", metadata={"help": "column holding the text (.jsonl/.json/.parquet files and hub datasets)"}
-    )
-    streaming: bool = field(
-        default=False,
-        metadata={"help": "hub datasets only: stream instead of downloading everything (needs --max_train_bytes)"},
-    )
-    max_train_bytes: int | None = field(
-        default=None,
-        metadata={"help": "cap on training text in UTF-8 bytes (default: all); also caps a hub validation split"},
-    )
-    validation_split_percentage: float = field(
-        default=5.0,
-        metadata={
-            "help": "share of documents held out for validation, chosen by a hash of each file/document so adding "
-            "data never moves others (hub datasets with a 'validation' split use that instead)"
-        },
-    )
-    tokenizer: str | None = field(
-        default=None,
-        metadata={"help": "existing tokenizer (local path or hub name); default: train a byte-level BPE on the data"},
-    )
-    block_size: int = field(default=256, metadata={"help": "tokens per training sequence"})
-    cache_dir: str | None = field(
-        default=None, metadata={"help": "token cache location (default: $NORMGPT_CACHE or ~/.cache/normgpt)"}
-    )
+from train.arguments import DataArguments
 
 
 class DataError(ValueError):

@@ -23,7 +23,8 @@ from typing import Any
 
 import datasets
 
-from train.data.arguments import DataArguments, DataError, cache_root, looks_like_path, one_line
+from train.arguments import DataArguments
+from train.data.arguments import DataError, cache_root, looks_like_path, one_line
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,9 @@ import torch
 import xxhash
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from train.data.arguments import DataArguments, DataError, cache_root, one_line
+from train.arguments import DataArguments
+from train.atomic_io import write_json
+from train.data.arguments import DataError, cache_root, one_line
 from train.data.sources import Source, resolve_source
 from train.data.tokenizer import (
     BPE_MAX_TRAIN_BYTES,
@@ -46,7 +48,6 @@ from train.data.tokenizer import (
     tokenizer_identity,
     train_bpe_tokenizer,
 )
-from train.run_directory import write_json
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from train.cli import OneLineParser
-from train.run_directory import RunStatus
+from train.run_directory import ERROR_LOG, RunStatus
 from train.sweep import report
-from train.sweep.directory import ERROR_LOG, RUNS, run_dir, write_sweep_record
+from train.sweep.directory import RUNS, run_dir, write_sweep_record
 from train.sweep.plan import Action, plan_sweep, prepare_data_once
 from train.sweep.scheduler import Outcome, Scheduler, command_line, gpu_slots, launch_command
 from train.sweep.spec import Sweep, SweepError, load_sweep

@@ -1,8 +1,8 @@
 """The sweep directory: what `scripts/ablate.py` writes and `scripts/report.py` reads, through this module only.
 
     sweep.yaml          the resolved sweep (`SweepRecord`), written before the first launch
-    runs/<name>/        one run directory per grid point (format: train/run_directory.py), plus this tool's own
-                        train.log (the output of every launch into it) and ablate_error.log (why the last one failed)
+    runs/<name>/        one run directory per grid point (format: train/run_directory.py, which also names this tool's
+                        own train.log, the output of every launch into it, and ablate_error.log, why the last failed)
     ablate_runs.jsonl   one row per launch (`Launch`)
     summary.csv, report.md, figures/    the report
 
@@ -18,22 +18,17 @@ from typing import Any
 
 import yaml
 
-from train.run_directory import MetricsLog, atomic_write, read_jsonl
+from train import arguments
+from train.atomic_io import append_jsonl, atomic_write, read_jsonl
 
 SWEEP_YAML = "sweep.yaml"
 RUNS = "runs"
 LAUNCHES = "ablate_runs.jsonl"
-TRAIN_LOG = "train.log"
-ERROR_LOG = "ablate_error.log"
 SUMMARY_CSV = "summary.csv"
 REPORT_MD = "report.md"
 FIGURES_DIR = "figures"
-# Files the sweep tool keeps in a run directory; everything else there is the trainer's.
-OWN_FILES = (TRAIN_LOG, ERROR_LOG)
-# Resolved-config fields that differ between runs without being part of what was compared.
-BOOKKEEPING = frozenset(
-    {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "run_name", "cache_dir", "report_to"}
-)
+# Resolved-config fields that differ between runs without being part of what was compared (their metadata's role).
+BOOKKEEPING = frozenset(arguments.fields_with(arguments.BOOKKEEPING))
 LR_FIELD = "learning_rate"
 SEED_FIELD = "seed"
 
@@ -146,8 +141,8 @@ class Launch:
 
 
 def append_launch(out_dir: Path, launch: Launch) -> None:
-    # The same append-and-flush JSON-lines writer as metrics.jsonl: a killed sweep keeps every row it wrote.
-    MetricsLog(Path(out_dir) / LAUNCHES).append(dataclasses.asdict(launch))
+    # Appended and flushed at once, as metrics.jsonl is: a killed sweep keeps every row it wrote.
+    append_jsonl(Path(out_dir) / LAUNCHES, dataclasses.asdict(launch))
 
 
 def read_launches(out_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:

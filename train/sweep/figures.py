@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from train.run_directory import atomic_path
+from train.atomic_io import atomic_path
 from train.sweep.stats import band, seed_spread
 from train.sweep.study import Study, StudyRun, VariantResult, number
 

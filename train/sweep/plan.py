@@ -12,13 +12,12 @@ import contextlib
 import dataclasses
 import enum
 import json
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from train.checkpoints import list_checkpoints
-from train.run_directory import RUN_CONFIG, Run, holds_run, load_run
-from train.sweep.directory import BOOKKEEPING, OWN_FILES, run_dir
+from train.run_directory import RUN_CONFIG, SWEEP_FILES, Run, foreign_entries, load_run, remove_owned
+from train.sweep.directory import BOOKKEEPING, run_dir
 from train.sweep.spec import RunSpec, Sweep, SweepError
 
 
@@ -51,10 +50,8 @@ def config_mismatch(spec: RunSpec, run: Run) -> str | None:
 
 
 def foreign_files(directory: Path) -> list[str]:
-    """Names in a run directory that neither a run nor this tool put there (nothing of a run: no run markers)."""
-    if not directory.is_dir() or holds_run(directory):
-        return []
-    return sorted(p.name for p in directory.iterdir() if p.name not in OWN_FILES)
+    """Names in a run directory that normgpt did not write (train/run_directory.py's rule, --overwrite_output_dir's)."""
+    return foreign_entries(directory) if directory.is_dir() else []
 
 
 def plan_sweep(sweep: Sweep, out_dir: Path) -> dict[str, Action]:
@@ -78,16 +75,10 @@ def plan_sweep(sweep: Sweep, out_dir: Path) -> dict[str, Action]:
 
 
 def clear_for_restart(directory: Path) -> None:
-    """Remove what an unfinished, checkpoint-less attempt left, keeping this tool's own logs."""
-    if not directory.is_dir():
-        return
-    for child in directory.iterdir():
-        if child.name in OWN_FILES:
-            continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+    """Remove what an unfinished, checkpoint-less attempt left, keeping this tool's own logs (and anything normgpt
+    did not write, which `plan_sweep` refused before)."""
+    if directory.is_dir():
+        remove_owned(directory, keep=SWEEP_FILES)
 
 
 def prepare_data_once(runs: Sequence[RunSpec], say: Callable[[str], None] = print) -> None:
@@ -98,12 +89,12 @@ def prepare_data_once(runs: Sequence[RunSpec], say: Callable[[str], None] = prin
 
     configs: dict[str, list[RunSpec]] = {}
     for spec in runs:
-        key = [dataclasses.asdict(spec.resolved.data), spec.bpe_vocab_size]
+        key = [dataclasses.asdict(spec.resolved.data), spec.resolved.model.bpe_vocab_size]
         configs.setdefault(json.dumps(key, sort_keys=True, default=str), []).append(spec)
     for i, group in enumerate(configs.values(), start=1):
         spec = group[0]
         say(f"preparing data {i}/{len(configs)} ({spec.resolved.data.dataset}; {len(group)} run(s))")
         try:
-            prepare_data(spec.resolved.data, spec.bpe_vocab_size, contextlib.nullcontext)
+            prepare_data(spec.resolved.data, spec.resolved.model.bpe_vocab_size, contextlib.nullcontext)
         except DataError as err:
             say(f"data for {len(group)} run(s) could not be prepared ({err}); those runs will fail with it")

@@ -19,8 +19,10 @@ from typing import Any
 
 import yaml
 
+from train.atomic_io import atomic_write
 from train.cli import OneLineParser
-from train.run_directory import RunStatus, atomic_write, describe_hardware, hardware
+from train.hardware import describe_hardware, hardware
+from train.run_directory import RUN_METRICS, RunMetric, RunStatus
 from train.sweep import figures, findings, stats
 from train.sweep.directory import FIGURES_DIR, REPORT_MD, SUMMARY_CSV, SweepDirectoryError, fmt_value
 from train.sweep.study import Study, StudyRun, VariantResult, analyse, load_study, number
@@ -37,9 +39,7 @@ SUMMARY_COLUMNS = (
     "final_train_loss",
     "diverged",
     "diverged_step",
-    "spike_count",
-    "max_grad_norm",
-    "max_attn_logit",
+    *(metric.key for metric in RUN_METRICS),
     "tokens_per_sec",
     "wall_time",
     "num_parameters",
@@ -206,8 +206,11 @@ def results_row(ctx: Context, variant: str) -> list[Any]:
         in_stats = bool(ctx.study.per_lr(variant))  # "none" is a result; "–" says there was nothing to judge
         stable = g(result.stable_lr) if result.stable_lr else ("none" if in_stats else "–")
         row += [stable, sens.text() if sens else "–", len(result.sensitivity_seeds)]
-    spikes, grads, logits = (result.aggregates[k] for k in ("spike_count", "max_grad_norm", "max_attn_logit"))
-    return [*row, g(spikes), f3(grads, 2), f3(logits, 2)]
+    return [*row, *(metric_text(m, result.aggregates[m.key]) for m in RUN_METRICS)]
+
+
+def metric_text(metric: RunMetric, value: Any) -> str:
+    return g(value) if metric.digits is None else f3(value, metric.digits)
 
 
 def results(ctx: Context) -> list[str]:
@@ -217,7 +220,7 @@ def results(ctx: Context) -> list[str]:
     columns = ["variant", "best LR", "final val loss at best LR", "seeds"]
     if ctx.study.lr_key:
         columns += [f"largest stable LR (±{ctx.tolerance:g} nats)", "LR sensitivity", "seeds w/ full LR grid"]
-    columns += ["spikes (total)", "max grad norm", "max attn logit"]
+    columns += [f"{m.label} (total)" if m.across_runs == "sum" else m.label for m in RUN_METRICS]
     lines += [*table(columns, [results_row(ctx, v) for v in ctx.study.variants()]), ""]
     if ctx.study.unigram_entropy is not None:
         lines.append(
@@ -389,7 +392,7 @@ def figure_section(ctx: Context) -> list[str]:
 def run_row(run: StudyRun) -> list[str]:
     s = run.summary
     if s is None:  # only its progress
-        return [run.name, run.status.value, g(run.run.last_step()), *["–"] * 8]
+        return [run.name, run.status.value, g(run.run.last_step()), *["–"] * (5 + len(RUN_METRICS))]
     tokens_per_sec = number(s.tokens_per_sec)
     return [
         run.name,
@@ -398,9 +401,7 @@ def run_row(run: StudyRun) -> list[str]:
         f3(s.init_val_loss),
         f3(s.final_val_loss),
         f3(s.best_val_loss),
-        g(s.spike_count),
-        f3(s.max_grad_norm, 2),
-        f3(s.max_attn_logit, 2),
+        *(metric_text(m, getattr(s, m.key)) for m in RUN_METRICS),
         g(round(tokens_per_sec)) if tokens_per_sec else "–",
         duration(number(s.wall_time)),
     ]
@@ -408,8 +409,8 @@ def run_row(run: StudyRun) -> list[str]:
 
 def runs(ctx: Context) -> list[str]:
     study = ctx.study
-    columns = ["run", "status", "steps", "init val", "final val", "best val", "spikes", "max grad norm"]
-    lines = ["## Runs", "", *table([*columns, "max attn logit", "tok/s", "wall"], [run_row(r) for r in study.runs]), ""]
+    columns = ["run", "status", "steps", "init val", "final val", "best val", *(m.label for m in RUN_METRICS)]
+    lines = ["## Runs", "", *table([*columns, "tok/s", "wall"], [run_row(r) for r in study.runs]), ""]
     failed = [r for r in study.runs if r.launch_failed]
     if failed:
         lines += [f"Runs whose last launch failed (see `ablate_error.log` in each): {names(failed, len(failed))}.", ""]
@@ -440,7 +441,7 @@ def sweep_definition(ctx: Context) -> list[str]:
 
 def hardware_text(study: Study) -> str:
     for run in study.finished():
-        described = run.summary.extra.get("hardware") or run.summary.device
+        described = describe_hardware(run.summary.hardware) if run.summary.hardware else run.summary.device
         if described:
             return f"{described} (from the runs' summary.json)"
     if study.record is not None and study.record.hardware:
@@ -471,7 +472,7 @@ def scale_line(study: Study) -> str:
     finished = study.finished()
     params = sorted({int(p) for r in finished if (p := number(r.summary.num_parameters))})
     steps = sorted({r.summary.max_steps or r.summary.steps for r in finished})
-    tokens = [max((row.get("tokens") or 0 for row in r.run.metrics), default=0) for r in finished if not r.diverged]
+    tokens = [r.summary.tokens or 0 for r in finished if not r.diverged]
     seeds = len(study.grid_values(study.seed_key)) if study.seed_key else 1
     size = ", ".join(dict.fromkeys(count(p) for p in params)) or "unknown-size"  # 1.38M once, not per variant
     scale = f"{size}-parameter models trained for {', '.join(map(str, steps)) or '?'} steps"

@@ -26,8 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from train.run_directory import SUMMARY, RunStatus, load_run
-from train.sweep.directory import ERROR_LOG, TRAIN_LOG, Launch, append_launch, run_dir
+from train.run_directory import ERROR_LOG, SUMMARY, TRAIN_LOG, RunStatus, load_run
+from train.sweep.directory import Launch, append_launch, run_dir
 from train.sweep.plan import Action, clear_for_restart
 from train.sweep.spec import RunSpec
 

@@ -21,7 +21,6 @@ from typing import Any
 
 from train.config import (
     DEFAULT_CONFIG,
-    DEFAULT_VOCAB_SIZE,
     REPO_ROOT,
     SECTIONS,
     ConfigError,
@@ -30,7 +29,8 @@ from train.config import (
     parse_args,
     read_yaml_mapping,
 )
-from train.run_directory import flat_config, hardware
+from train.hardware import hardware
+from train.run_directory import flat_config
 from train.sweep import findings
 from train.sweep.directory import BOOKKEEPING, LR_FIELD, SEED_FIELD, RecordedRun, SweepRecord, fmt_value
 
@@ -101,11 +101,6 @@ class RunSpec:
     @property
     def max_steps(self) -> int:
         return self.resolved.training.max_steps
-
-    @property
-    def bpe_vocab_size(self) -> int:
-        """The vocabulary of the BPE the trainer trains on the data (part of the token cache's key)."""
-        return self.resolved.model.vocab_size or DEFAULT_VOCAB_SIZE
 
 
 @dataclass

@@ -18,11 +18,10 @@ from typing import Any
 
 import pandas as pd
 
-from train.run_directory import Run, RunStatus, Summary, load_run
+from train.run_directory import ERROR_LOG, RUN_METRICS, Run, RunStatus, Summary, load_run
 from train.sweep import stats
 from train.sweep.directory import (
     BOOKKEEPING,
-    ERROR_LOG,
     LR_FIELD,
     RUNS,
     SEED_FIELD,
@@ -33,8 +32,8 @@ from train.sweep.directory import (
     read_sweep_record,
 )
 
-# Summary fields aggregated over a variant's finished runs, and how.
-AGGREGATES = {"spike_count": "sum", "max_grad_norm": "max", "max_attn_logit": "max"}
+# Summary fields aggregated over a variant's finished runs, and how: the run-wide stability numbers.
+AGGREGATES = {metric.key: metric.across_runs for metric in RUN_METRICS}
 
 
 def number(value: Any) -> float | None:

@@ -1,16 +1,18 @@
 """The model card (README.md, with the Hub's YAML metadata) and LICENSE of a model directory, generated from the run.
 
 Every number and name comes from the run directory through train/run_directory.py (summary.json, run_config.yaml,
-data_info.json, metrics.jsonl, sample.txt, loss_curve.png) and from the model's export.json (model/export.py): the card
-is never written by hand, so it cannot drift from the run. It states what a norm study must report: which norm, where
-it sits, its eps and where the float32 upcast happens.
+data_info.json, sample.txt, loss_curve.png) and from the model's export.json (train/publish/export.py): the card is
+never written by hand, so it cannot drift from the run, and it re-derives nothing the run recorded. It states what a
+norm study must report: which norm, where it sits, its eps and where the float32 upcast happens. The fields of the
+training table are those whose metadata gives them the role `card` or `optimization` (train/arguments.py).
 
-A README.md that does not carry CARD_MARKER was written by someone else and is left alone, as is a LICENSE that is not
-the Apache-2.0 text.
+A README.md that does not carry CARD_MARKER was written by someone else and is left alone, as is a LICENSE already
+there.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 from pathlib import Path
@@ -18,38 +20,35 @@ from typing import Any
 
 import yaml
 
-from model.norms import NORMS
-from train.apache_license import APACHE_2_0_TEXT, SPDX_ID
-from train.config import OPTIMIZATION_FIELDS
+from model import NormGPTConfig
+from model.norms import NORMS, describe_norms, norm_eps
+from train.arguments import CARD as CARD_ROLE
+from train.arguments import OPTIMIZATION, fields_with
+from train.atomic_io import atomic_write
+from train.hardware import describe_hardware
+from train.publish.export import read_export_info
+from train.publish.license import SPDX_ID, license_text
 from train.run_directory import (
+    CARD,
     CARD_MARKER,
     DATA_INFO,
+    LICENSE,
     LOSS_CURVE,
+    MODEL_CONFIG,
     RUN_CONFIG,
     SAMPLE,
     Run,
-    describe_hardware,
+    is_normgpt_card,
     load_run,
-    read_json,
 )
 
-CARD = "README.md"
-LICENSE = "LICENSE"
 NOT_RECORDED = "not recorded"
 PLACEMENTS = {
     "pre": "pre-norm, `h + f(norm(h))` (GPT-2, Llama), with a final norm",
     "post": "post-norm, `norm(h + f(h))` (the original Transformer), no final norm",
     "peri": "peri-norm, `h + norm(f(norm(h)))` (Gemma 2, Peri-LN), with a final norm",
 }
-TRAINING_FIELDS = (
-    "max_steps",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "block_size",
-    *OPTIMIZATION_FIELDS,
-    "seed",
-    "torch_compile",
-)
+TRAINING_FIELDS = fields_with(CARD_ROLE, OPTIMIZATION)
 
 
 def norm_title(name: str | None) -> str:
@@ -126,23 +125,29 @@ def metadata(model: dict[str, Any], model_type: str | None, data_info: dict[str,
     return meta
 
 
-def norm_numerics(model: dict[str, Any], run: Run) -> str:
-    """normgpt's one-line account of the norms (`describe_norms`), as the run recorded it in summary.json."""
-    recorded = (run.summary.model if run.summary is not None else {}).get("norm_numerics")
-    if recorded:
-        return recorded
-    try:
-        from model import NormGPTConfig
-        from model.norms import describe_norms
-
-        return describe_norms(NormGPTConfig(**{k: v for k, v in model.items() if k != "model_type"}))
-    except (ValueError, TypeError):
-        return NOT_RECORDED
+def norm_record(model: dict[str, Any], run: Run) -> tuple[str, str]:
+    """(eps, numerics) of the norms as the run recorded them in summary.json: its eps (none for a norm without one,
+    as the registry says) and normgpt's one-line account of the norms (`describe_norms`). A run from before
+    summaries held them (or a model that is not the run's) has them computed from the model config, through the same
+    registry."""
+    recorded = run.summary.model if run.summary is not None else {}
+    if recorded.get("norm_type") != model.get("norm_type"):
+        recorded = {}
+    if {"norm_numerics", "norm_eps"} <= recorded.keys():
+        eps, numerics = recorded["norm_eps"], recorded["norm_numerics"]
+    else:
+        try:
+            config = NormGPTConfig(**{k: v for k, v in model.items() if k != "model_type"})
+            eps, numerics = norm_eps(config), recorded.get("norm_numerics") or describe_norms(config)
+        except (ValueError, TypeError):
+            return NOT_RECORDED, recorded.get("norm_numerics") or NOT_RECORDED
+    return ("none (this norm has no eps)" if eps is None else f"{eps:g}"), numerics
 
 
 def architecture_section(model: dict[str, Any], run: Run, export: Any) -> str:
     norm = model.get("norm_type")
     eps = model.get("rms_norm_eps")
+    norm_eps, numerics = norm_record(model, run)
     hidden, heads = model.get("hidden_size"), model.get("num_attention_heads")
     mlp = "SwiGLU (silu)" if model.get("hidden_act") == "silu" else "GELU (exact, erf), no gate"
     qk = f"RMSNorm per head on queries and keys, before RoPE, eps={fmt(eps)}" if model.get("qk_norm") else "no"
@@ -150,8 +155,8 @@ def architecture_section(model: dict[str, Any], run: Run, export: Any) -> str:
     rows = [
         ("Norm", f"{norm_title(norm)} (`norm_type={norm}`)"),
         ("Placement", PLACEMENTS.get(model.get("norm_placement"), fmt(model.get("norm_placement")))),
-        ("eps", "none (this norm has no eps)" if norm in ("dyt", "none") else f"{eps:g}" if eps else NOT_RECORDED),
-        ("Norm numerics (where float32 is used)", norm_numerics(model, run)),
+        ("eps", norm_eps),
+        ("Norm numerics (where float32 is used)", numerics),
         ("QK-norm", qk),
         ("MLP", f"{mlp}, intermediate size {fmt(model.get('intermediate_size'))}"),
         ("Layers", fmt(model.get("num_hidden_layers"))),
@@ -175,27 +180,21 @@ def architecture_section(model: dict[str, Any], run: Run, export: Any) -> str:
 
 def training_section(run: Run) -> str:
     config, summary = run.config, run.summary
-    tokens = next((r["tokens"] for r in reversed(run.metrics) if "tokens" in r), None)
-    processes = summary.num_processes if summary else 1
-    per_step = None
-    if all(isinstance(config.get(k), int) for k in ("per_device_train_batch_size", "block_size")):
-        per_step = config["per_device_train_batch_size"] * config["block_size"] * processes
-        per_step *= config.get("gradient_accumulation_steps") or 1
-    hardware = summary.extra.get("hardware") if summary else None
+    hardware = summary.hardware if summary else None
     rows = [(f"`{name}`", fmt(config.get(name))) for name in TRAINING_FIELDS if name in config]
     rows += [
-        ("Tokens per step", fmt_count(per_step)),
+        ("Tokens per step", fmt_count(summary.tokens_per_step if summary else None)),
         ("Status", fmt(summary.status.value if summary else None)),
         ("Steps", f"{summary.steps} of {summary.max_steps}" if summary else NOT_RECORDED),
-        ("Training tokens", fmt_count(tokens)),
+        ("Training tokens", fmt_count(summary.tokens if summary else None)),
         ("Validation loss at init", fmt_loss(summary.init_val_loss if summary else None)),
         ("Final validation loss", fmt_loss(summary.final_val_loss if summary else None)),
         ("Best validation loss", fmt_loss(summary.best_val_loss if summary else None)),
         ("Final training loss", fmt_loss(summary.final_train_loss if summary else None)),
         ("Loss spikes", fmt(summary.spike_count if summary else None)),
         ("Largest gradient norm", fmt_loss(summary.max_grad_norm if summary else None)),
-        ("Hardware", describe_hardware(hardware) if isinstance(hardware, dict) else fmt(summary and summary.device)),
-        ("Processes", fmt(processes)),
+        ("Hardware", describe_hardware(hardware) if hardware else fmt(summary and summary.device)),
+        ("Processes", fmt(summary.num_processes if summary else None)),
         ("Wall time (training)", fmt_duration(summary.wall_time if summary else None)),
         (
             "Throughput",
@@ -251,7 +250,7 @@ print(tokenizer.decode(output[0], skip_special_tokens=True))
     model_args = f"pretrained={model_id}" + (",trust_remote_code=True" if remote_code else "")
     parts.append(
         f"Evaluate with lm-evaluation-harness: `lm_eval --model hf --model_args {model_args} --tasks lambada_openai`, "
-        "or normgpt's `python scripts/evaluate.py` for bits per byte on a local text file, offline."
+        "or `normgpt evaluate MODEL_DIR --text FILE` for bits per byte on a local text file, offline."
     )
     return "\n\n".join(parts)
 
@@ -262,32 +261,26 @@ def sample_prompt(sample: str) -> str:
     return first[:40] or "The"
 
 
-def reproduce_section(run_dir: Path, sample: str) -> str:
+def reproduce_section(run: Run, sample: str) -> str:
     parts = []
     if sample:
-        parts += ["## Sample", "Greedy continuation of a validation prompt by the final model (`sample.txt`):"]
+        parts += ["## Sample", f"Greedy continuation of a validation prompt by the final model (`{SAMPLE}`):"]
         parts.append("```text\n" + sample.strip()[:1500] + "\n```")
     parts += ["## Reproduce", "Trained with normgpt; the resolved config reproduces the run:"]
-    parts.append("```bash\npython train/train.py --config run_config.yaml\n```")
-    if (run_dir / RUN_CONFIG).is_file():
-        text = (run_dir / RUN_CONFIG).read_text().strip()
+    parts.append(f"```bash\nnormgpt train --config {RUN_CONFIG}\n```")
+    if text := run.text(RUN_CONFIG).strip():
         parts.append(f"<details><summary>{RUN_CONFIG}</summary>\n\n```yaml\n{text}\n```\n\n</details>")
     return "\n\n".join(parts)
 
 
 def render_card(run_dir: Path, model_dir: Path, model_id: str) -> str:
     """The README.md text for `model_dir`, from the run in `run_dir`."""
-    import json
-
-    from model.export import read_export_info
-
     run = load_run(run_dir)
     export = read_export_info(model_dir) or read_export_info(run_dir)
-    config_path = model_dir / "config.json"
+    config_path = model_dir / MODEL_CONFIG
     model_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     model = model_fields(run, export, model_config)
-    data_info = read_json(run_dir / DATA_INFO) if (run_dir / DATA_INFO).is_file() else {}
-    sample = (run_dir / SAMPLE).read_text() if (run_dir / SAMPLE).is_file() else ""
+    data_info, sample = run.data_info(), run.text(SAMPLE)
     gguf = export.gguf if export is not None else []
     remote_code = model_config.get("model_type") == "normgpt"
     title = run.config.get("run_name") or Path(model_id).name
@@ -308,8 +301,8 @@ def render_card(run_dir: Path, model_dir: Path, model_id: str) -> str:
     ]
     if (run_dir / LOSS_CURVE).is_file():
         sections.append(f"## Loss curve\n\n![Training and validation loss]({LOSS_CURVE})")
-    sections += [usage_section(model_id, remote_code, sample_prompt(sample), gguf), reproduce_section(run_dir, sample)]
-    sections.append(f"## License\n\n{SPDX_ID} (see [LICENSE](LICENSE)).")
+    sections += [usage_section(model_id, remote_code, sample_prompt(sample), gguf), reproduce_section(run, sample)]
+    sections.append(f"## License\n\n{SPDX_ID} (see [LICENSE]({LICENSE})).")
     return "\n\n".join(sections) + "\n"
 
 
@@ -319,16 +312,14 @@ def write_model_card(run_dir: Path, model_dir: Path | None = None, model_id: str
     the card's code loads (a Hub repo id; default: the model directory's path). Returns the card's path, or None
     when `model_dir` already holds a README.md that normgpt did not write (it is kept). A LICENSE already there is
     kept too: the license of a model is its owner's choice."""
-    from train.run_directory import atomic_write
-
     run_dir = Path(run_dir)
     model_dir = Path(model_dir) if model_dir is not None else run_dir
     card, license_path = model_dir / CARD, model_dir / LICENSE
-    if card.is_file() and CARD_MARKER not in card.read_text(errors="replace"):
+    if card.is_file() and not is_normgpt_card(card):
         return None
     if model_dir.resolve() != run_dir.resolve() and (run_dir / LOSS_CURVE).is_file():
         shutil.copyfile(run_dir / LOSS_CURVE, model_dir / LOSS_CURVE)
     atomic_write(card, render_card(run_dir, model_dir, model_id or str(model_dir)))
     if not license_path.is_file():
-        atomic_write(license_path, APACHE_2_0_TEXT)
+        atomic_write(license_path, license_text())
     return card

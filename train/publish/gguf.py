@@ -27,7 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from train.run_directory import atomic_path
+from train.atomic_io import atomic_path
+from train.publish.license import SPDX_ID
+from train.publish.stock import OLMO_EPS
+from train.run_directory import MODEL_CONFIG
 
 GGUF_ARCHES = {  # stock architecture -> (llama.cpp architecture, rotates adjacent feature pairs)
     "LlamaForCausalLM": ("llama", True),
@@ -42,7 +45,6 @@ NO_GGUF = {
 }
 OUTPUT_REQUIRED = {"stablelm"}  # graphs that do not fall back to the token embedding for a tied output matrix
 QUANT_TYPES = ("f32", "f16", "q8_0")
-OLMO_EPS = 1e-5
 
 
 class GGUFError(ValueError):
@@ -50,9 +52,9 @@ class GGUFError(ValueError):
 
 
 def _config(model_dir: Path) -> dict[str, Any]:
-    path = Path(model_dir) / "config.json"
+    path = Path(model_dir) / MODEL_CONFIG
     if not path.is_file():
-        raise GGUFError(f"'{model_dir}' holds no model (no config.json)")
+        raise GGUFError(f"'{model_dir}' holds no model (no {MODEL_CONFIG})")
     return json.loads(path.read_text())
 
 
@@ -241,7 +243,7 @@ def write_gguf(model_dir: Path, path: Path, qtype: str = "f32", name: str | None
     with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(tmp, arch)
         writer.add_name(name or model_dir.name)
-        writer.add_license("apache-2.0")
+        writer.add_license(SPDX_ID)
         add_hyperparameters(writer, config, arch)
         writer.add_file_type(file_types.get(qtype, gguf.LlamaFileType.MOSTLY_Q8_0))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)

@@ -1,80 +1,26 @@
-"""Publishing a model directory on the Hugging Face Hub: which files belong to the model, and the upload.
+"""Publishing a model directory on the Hugging Face Hub: the upload, and `normgpt push`.
 
-`model_files` is the one definition of what a model directory publishes, used by every upload path (the trainer's
-`--push_to_hub`, `python -m model.export ... --push_to_hub`, `python -m train.hub`) and by the export's copy of a run.
-It is a whitelist over the top level of the directory: `checkpoint-<step>/` (optimizer state, RNG pickles), metrics,
-logs and anything else a run leaves are never part of the model, whatever they are called.
+What goes up is exactly `model_files` (train/run_directory.py), the one definition of what a model directory
+publishes, for every upload path (the trainer's `--push_to_hub`, `normgpt export ... --push_to_hub`, `normgpt push`):
+`checkpoint-<step>/` (optimizer state, RNG pickles), metrics, logs and anything else a run leaves are never part of
+the model, whatever they are called.
 
-    python -m train.hub RUN_DIR --hub_model_id user/name [--hub_private_repo]
+    normgpt push RUN_DIR --hub_model_id user/name [--hub_private_repo] [--dry_run]
 """
 
 from __future__ import annotations
 
-import fnmatch
 import glob
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from train.cli import OneLineParser
-from train.run_directory import LOSS_CURVE
-
-# Weights, config, tokenizer, card: what `from_pretrained`, llama.cpp and the Hub page read.
-MODEL_FILE_PATTERNS = (
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "model-*-of-*.safetensors",
-    "model.safetensors.index.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "README.md",
-    "LICENSE",
-    LOSS_CURVE,  # the card shows it
-    "*.gguf",
-)
+from train.run_directory import MODEL_CONFIG, model_files
 
 
 class HubError(ValueError):
     """A model directory that cannot be published, or an upload that failed; the message is one line."""
-
-
-def remote_code_files(directory: Path) -> list[str]:
-    """The Python files `trust_remote_code=True` loads: the modules config.json's auto_map names and, recursively,
-    their relative imports. None when the config has no auto_map (a stock architecture needs no code)."""
-    from transformers.dynamic_module_utils import get_relative_import_files
-
-    try:
-        config = json.loads((directory / "config.json").read_text())
-    except (OSError, ValueError):
-        return []
-    auto_map = config.get("auto_map") or {}
-    refs = [ref for value in auto_map.values() for ref in (value if isinstance(value, list) else [value])]
-    modules = {ref.split("--")[-1].split(".")[0] for ref in refs if isinstance(ref, str)}
-    found: set[str] = set()
-    for module in modules:
-        path = directory / f"{module}.py"
-        if path.is_file():
-            found.add(path.name)
-            found.update(Path(p).name for p in get_relative_import_files(path))
-    return sorted(found)
-
-
-def model_files(directory: Path) -> list[str]:
-    """Names of the files of `directory` that make up its model, sorted; never a subdirectory's file."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    names = {p.name for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")}
-    chosen = {name for name in names if any(fnmatch.fnmatchcase(name, pattern) for pattern in MODEL_FILE_PATTERNS)}
-    chosen.update(name for name in remote_code_files(directory) if name in names)
-    return sorted(chosen)
 
 
 def resolve_repo_id(repo_id: str, api: Any = None) -> str:
@@ -104,7 +50,7 @@ def push_to_hub(
     `hf auth login` or HF_TOKEN provides)."""
     model_dir = Path(model_dir)
     files = model_files(model_dir)
-    if "config.json" not in files or not any(name.endswith((".safetensors", ".gguf")) for name in files):
+    if MODEL_CONFIG not in files or not any(name.endswith((".safetensors", ".gguf")) for name in files):
         raise HubError(f"'{model_dir}' holds no model to upload (config.json and weights); train or export first")
     if api is None:
         from huggingface_hub import HfApi
@@ -127,7 +73,7 @@ def push_to_hub(
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(
-        name="hub", prog="python -m train.hub", description="Upload a normgpt model directory (never its checkpoints)."
+        name="push", prog="normgpt push", description="Upload a normgpt model directory (never its checkpoints)."
     )
     parser.add_argument("model_dir", type=Path, help="run or export directory")
     parser.add_argument("--hub_model_id", required=True, help="repo to create or update, e.g. user/normgpt-tiny")
@@ -137,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     files = model_files(args.model_dir)
     if not files:
         what = "no model files in" if args.model_dir.is_dir() else "no such directory:"
-        print(f"hub: error: {what} '{args.model_dir}'", file=sys.stderr)
+        print(f"push: error: {what} '{args.model_dir}'", file=sys.stderr)
         return 2
     if args.dry_run:
         print("\n".join(files))
@@ -145,11 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = push_to_hub(args.model_dir, args.hub_model_id, private=args.hub_private_repo or None)
     except HubError as err:
-        print(f"hub: error: {err}", file=sys.stderr)
+        print(f"push: error: {err}", file=sys.stderr)
         return 2
     print(f"uploaded {len(files)} files to {url}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
