@@ -36,3 +36,48 @@ def test_a_bad_command_line_is_one_line(name, argv, capsys):
     lines = captured.err.splitlines()
     assert captured.out == "" and len(lines) == 1, captured.err
     assert lines[0].startswith(f"{name}: error: ") and lines[0].endswith("(see --help)")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The front door
+
+
+def test_normgpt_lists_every_subcommand_on_one_line(capsys):
+    from train.commands import COMMANDS, main
+
+    assert set(COMMANDS) == {"train", "sweep", "report", "export", "evaluate", "push"}
+    assert main(["--help"]) == 0
+    listing = capsys.readouterr().out.split("commands:\n")[1].split("\n\n")[0].splitlines()
+    assert [line.split()[0] for line in listing] == list(COMMANDS)
+    assert all(len(line.split()) > 3 for line in listing)  # a name and a sentence, one line each
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "report", "export", "evaluate", "push"])
+def test_each_subcommand_runs_its_tool(command, capsys):
+    from train.commands import main
+
+    assert main([command, "--help"]) == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_a_bad_subcommand_is_one_line_and_exit_2(capsys):
+    from train.commands import main
+
+    assert main(["fly"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("normgpt: error: argument COMMAND: invalid choice: 'fly'")
+
+
+def test_the_installed_command_and_the_scripts_reach_the_same_tools(tmp_path):
+    """`normgpt` is the console script of the installed package, `python -m train` the same command, and the
+    scripts/ entry points thin wrappers around it that need no sys.path edit: all of them run outside the clone."""
+    import subprocess
+    import sys
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="normgpt")
+    assert script.value == "train.commands:main"
+    missing = str(tmp_path / "missing")
+    for argv in (["-m", "train", "report", missing], [str(REPO_ROOT / "scripts" / "report.py"), missing]):
+        proc = subprocess.run([sys.executable, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr == f"report.py: error: '{missing}' is not a directory\n", argv

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from synthetic_corpus import write_corpus
-from trainer_runs import command, flags, losses, refused, run, start, summary, wait_for_step
+from trainer_runs import FRONT_DOOR, command, flags, losses, refused, run, start, summary, wait_for_step
 
 from train import checkpoints as ckpt
 from train.run_directory import MetricsLog, RunStatus
@@ -326,7 +326,9 @@ def test_sigterm_under_ddp_stops_every_rank_at_the_same_step_and_resumes_exactly
         "random_states_0.pkl",
         "random_states_1.pkl",
     ]
-    run(command(corpus, cache, out, launcher=ddp_launcher(), resume_from_checkpoint="latest", **common))
+    # The resume goes through the front door, `accelerate launch -m train train`: the same run, exactly.
+    resume = dict(launcher=ddp_launcher(), entry=FRONT_DOOR, resume_from_checkpoint="latest")
+    run(command(corpus, cache, out, **resume, **common))
     assert losses(out) == losses(full)
 
 

@@ -2,6 +2,7 @@
 command turns the run into a complete, publishable directory (model, card, LICENSE, loss curve, GGUF)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -118,3 +119,17 @@ def test_the_export_command_writes_a_complete_model_directory(run_dir, tmp_path,
     card = (out / "README.md").read_text()
     assert "gguf" in front_matter(card)["tags"] and "llama-cli -m normgpt-tiny-q8_0.gguf" in card
     assert export.main([str(run_dir), str(out)]) == 2  # never over an existing directory
+
+
+def test_a_legacy_run_still_exports_with_what_it_recorded(tmp_path, capsys):
+    """tests/data/legacy_run, written before summaries held tokens, hardware or the norm's eps (and whose config.json
+    still carries rms_impl), exports as the same verified Llama, with a card that shows its tokens (the run-directory
+    module reads them from its metrics) and the eps the norm registry gives."""
+    legacy = Path(__file__).parent / "data" / "legacy_run"
+    out = tmp_path / "legacy"
+    assert export.main([str(legacy), str(out)]) == 0
+    assert "LlamaForCausalLM (stock transformers class" in capsys.readouterr().out
+    card = (out / "README.md").read_text()
+    for expected in ("| Training tokens | 1.54K (1,536) |", "| Tokens per step | 128 |", "| eps | 1e-06 |"):
+        assert expected in card, expected
+    assert "rms_impl" not in json.loads((out / "config.json").read_text())

@@ -244,3 +244,51 @@ def test_block_grad_and_update_norms(tiny):
 def test_default_patience_is_as_long_as_warmup():
     assert DivergenceMonitor(warmup_steps=30).patience == 30
     assert DivergenceMonitor(warmup_steps=3).patience == 10
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Run-wide numbers: one list (train/run_directory.py RUN_METRICS) from the trainer's fold to the sweep report. A new
+# one is a probe in train/stability.py, an entry in RUN_METRICS with its Summary field, and a test here: 3 files.
+
+
+def test_run_metrics_fold_the_largest_finite_probe_value():
+    from train.run_directory import RUN_METRICS
+
+    logits = next(m for m in RUN_METRICS if m.from_rows == "attn_logit_max")
+    values: dict[str, float] = {}
+    for row in ({"attn_logit_max": [1.0, float("nan")]}, {"attn_logit_max": [3.0, 2.0]}, {"loss": 1.0}):
+        for metric in RUN_METRICS:
+            metric.fold(values, row)
+    assert values == {logits.key: 3.0}  # metrics without from_rows are the trainer's own; nan is skipped
+
+
+def test_every_run_metric_reaches_the_summary_the_csv_and_the_report(tmp_path):
+    """Each RUN_METRICS entry is a Summary field, a summary.csv column and a column of both report tables, combined
+    over a variant's runs as it says (sum or max), with no line of the report written for it by name."""
+    import csv
+    import dataclasses
+
+    from train.run_directory import RUN_METRICS, RunStatus, Summary
+    from train.sweep import report
+    from train.sweep.directory import RecordedRun, SweepRecord, write_sweep_record
+
+    assert {m.key for m in RUN_METRICS} <= {f.name for f in dataclasses.fields(Summary)}
+    runs = []
+    for seed in (0, 1):
+        runs.append(RecordedRun(f"seed={seed}", {"seed": seed}))
+        values = {m.key: (seed + 1) * (1 if m.digits is None else 1.25) for m in RUN_METRICS}
+        summary = Summary(RunStatus.COMPLETED, steps=4, max_steps=4, init_val_loss=5.0, final_val_loss=4.0, **values)
+        (tmp_path / "runs" / runs[-1].name).mkdir(parents=True)
+        summary.write(tmp_path / "runs" / runs[-1].name)
+    write_sweep_record(tmp_path, SweepRecord(grid={"seed": [0, 1]}, runs=runs, fields={"seed": "seed"}))
+    report.write_report(tmp_path)
+    with open(tmp_path / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    text = (tmp_path / "report.md").read_text()
+    for m in RUN_METRICS:
+        assert [row[m.key] for row in rows] == [str((s + 1) * (1 if m.digits is None else 1.25)) for s in (0, 1)]
+        combined = {"sum": 3, "max": 2}[m.across_runs] * (1 if m.digits is None else 1.25)
+        cell = report.metric_text(m, combined)
+        results = next(line for line in text.split("## Results")[1].splitlines() if line.startswith("| all runs |"))
+        assert f"| {cell} |" in results, (m.key, results)
+        assert m.label in text.split("## Runs")[1].splitlines()[2]  # the runs table's header

@@ -14,6 +14,7 @@ from train.config import REPO_ROOT
 from train.run_directory import MetricsLog, Summary
 
 TRAIN = str(REPO_ROOT / "train" / "train.py")
+FRONT_DOOR = ["-m", "train", "train"]
 TINY = {
     "vocab_size": 320,
     "hidden_size": 32,
@@ -39,8 +40,12 @@ def flags(corpus: Path, cache: Path, out: Path, **overrides) -> list[str]:
     return [item for k, v in args.items() if v is not None for item in (f"--{k}", str(v))]
 
 
-def command(corpus: Path, cache: Path, out: Path, launcher: list[str] | None = None, **overrides) -> list[str]:
-    return [*(launcher or [sys.executable]), TRAIN, *flags(corpus, cache, out, **overrides)]
+def command(
+    corpus: Path, cache: Path, out: Path, launcher: list[str] | None = None, entry: list[str] | None = None, **overrides
+) -> list[str]:
+    """The trainer's command line: `python train/train.py ...` by default; `entry=FRONT_DOOR` starts it as
+    `python -m train train ...` (what `accelerate launch -m train train` runs)."""
+    return [*(launcher or [sys.executable]), *(entry or [TRAIN]), *flags(corpus, cache, out, **overrides)]
 
 
 def refused(argv: list[str]) -> str:

@@ -47,9 +47,9 @@ def build_parser() -> OneLineParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; its exit code is normgpt's."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    module, _ = COMMANDS[args.command]
     try:
+        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+        module, _ = COMMANDS[args.command]
         return importlib.import_module(module).main(args.args)
-    except SystemExit as stop:  # argparse inside the tool: --help (0) or a bad command line (2, one line said)
-        return stop.code if isinstance(stop.code, int) else 1
+    except SystemExit as stop:  # argparse: --help (0), or a bad command line (2, its one line already printed)
+        return 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
