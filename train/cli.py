@@ -1,4 +1,5 @@
-"""The command-line parser every normgpt tool uses besides the trainer (which has its own in train/config.py)."""
+"""The command-line parser of the front door (train/commands.py) and of every tool besides the trainer (which has its
+own in train/config.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The `scripts/ablate.py` command: validate a sweep, plan each run, prepare the data once, launch, then report.
+"""`normgpt sweep` (also `scripts/ablate.py`): validate a sweep, plan each run, prepare the data once, launch, then
+report.
 
 The command line and the sweep file format are documented in scripts/ablate.py and train/sweep/spec.py.
 """
@@ -28,6 +29,7 @@ def plural(n: int, what: str = "run") -> str:
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = OneLineParser(
         name="ablate.py",
+        prog="normgpt sweep",
         description="Run a grid of training runs (an ablation sweep), then write its report.",
         epilog="See the module docstring (scripts/ablate.py) for the sweep file format.",
     )

@@ -584,9 +584,12 @@ def write_report(out_dir: Path, tolerance: float = DEFAULT_TOLERANCE) -> Study:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`scripts/report.py DIR [--tolerance NATS]`; exit 2 with one line for an unusable directory."""
+    """`normgpt report DIR [--tolerance NATS]` (also `scripts/report.py`); exit 2 with one line for an unusable
+    directory."""
     parser = OneLineParser(
-        name="report.py", description="Write summary.csv, report.md and figures/ for a sweep directory."
+        name="report.py",
+        prog="normgpt report",
+        description="Write summary.csv, report.md and figures/ for a sweep directory.",
     )
     parser.add_argument("dir", help="sweep output directory (holds runs/<name>/ and sweep.yaml)")
     parser.add_argument(
