@@ -85,45 +85,51 @@ def config_docs(doc: str) -> dict[str, str]:
     return {key: text.replace("%", "%%") for key, text in docs.items()}
 
 
-def model_arguments() -> type:
-    """The model section: one `--flag` per NormGPTConfig field (None: the config's default), plus ROPE_THETA and
-    RMS_IMPL. Every field but rms_impl is resume-relevant."""
-    docs, hints = config_docs(NormGPTConfig.__doc__), NormGPTConfig.__annotations__  # real types, not strings
+def model_fields() -> list[tuple[str, Any, dataclasses.Field]]:
+    """One field per NormGPTConfig field that is a flag, in the config's order (None: the config's default), with the
+    config docstring's text as its help, plus ROPE_THETA and RMS_IMPL. Every one but rms_impl is resume-relevant."""
+    docs, types_ = config_docs(NormGPTConfig.__doc__), NormGPTConfig.__annotations__  # its own fields, real types
     fields = []
-    for name in NormGPTConfig.__annotations__:
+    for name, kind in types_.items():
         if name == "rope_parameters":
             fields.append(ROPE_THETA)
         if name not in NOT_FLAGS:
-            kind = hints[name] if type(None) in typing.get_args(hints[name]) else hints[name] | None
+            optional = kind if type(None) in typing.get_args(kind) else kind | None
             metadata = flag(docs[name], RESUME, **FLAG_EXTRAS.get(name, {}))
-            fields.append((name, kind, field(default=None, metadata=metadata)))
+            fields.append((name, optional, field(default=None, metadata=metadata)))
         if name == "rms_norm_eps":
             fields.append(RMS_IMPL)
-    namespace = {
-        "__module__": __name__,
-        "__doc__": "Model fields, named as in `NormGPTConfig`. `None` keeps the config class's default.",
-        "__post_init__": _model_post_init,
-        "config_kwargs": _config_kwargs,
-        "bpe_vocab_size": property(lambda self: self.vocab_size or DEFAULT_VOCAB_SIZE, doc=BPE_DOC),
-    }
-    return dataclasses.make_dataclass("ModelArguments", fields, namespace=namespace)
+    return fields
 
 
-BPE_DOC = """The vocabulary of the BPE trained on the data (part of the token cache's key); the model's own is the
-tokenizer's, rounded up to a multiple of 64 (`RunConfig.model_config`)."""
+class ModelFields:
+    """What the model section does with its fields (which `model_fields` derives from NormGPTConfig)."""
+
+    rms_impl: str | None
+    vocab_size: int | None
+
+    def __post_init__(self) -> None:
+        if self.rms_impl is None:  # a run_config.yaml written before the kernel choice was resolved
+            self.rms_impl = RMS_IMPLS[0]
+
+    @property
+    def bpe_vocab_size(self) -> int:
+        """The vocabulary of the BPE trained on the data (part of the token cache's key); the model's own is the
+        tokenizer's, rounded up to a multiple of 64 (`RunConfig.model_config`)."""
+        return self.vocab_size or DEFAULT_VOCAB_SIZE
+
+    def config_kwargs(self) -> dict[str, Any]:
+        """The NormGPTConfig keyword arguments these fields set (RoPE's base as the library's legacy `rope_theta`;
+        the kernel is no config field)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != RMS_IMPL[0]}
 
 
-def _model_post_init(self) -> None:
-    if self.rms_impl is None:  # a run_config.yaml written before the kernel choice was resolved
-        self.rms_impl = RMS_IMPLS[0]
-
-
-def _config_kwargs(self) -> dict[str, Any]:
-    """The NormGPTConfig keyword arguments these fields set (RoPE's base as the library's legacy `rope_theta`)."""
-    return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != RMS_IMPL[0]}
-
-
-ModelArguments = model_arguments()
+ModelArguments = dataclasses.make_dataclass(
+    "ModelArguments",
+    model_fields(),
+    bases=(ModelFields,),
+    namespace={"__module__": __name__, "__doc__": "Model fields, named as in `NormGPTConfig`; `None` is its default."},
+)
 SECTIONS: dict[str, type] = {"model": ModelArguments, "data": DataArguments, "training": TrainingArguments}
 
 

@@ -359,10 +359,9 @@ class Trainer:
         self.unwrapped = accelerator.unwrap_model(self.model, keep_torch_compile=False)
         # A compiled forward skips hooks added after compilation: probing steps run the same module uncompiled.
         self.eager_model = getattr(self.model, "_orig_mod", self.model)
-        self.blocks = self.unwrapped.model.layers
         fsdp = self.accelerator.distributed_type == DistributedType.FSDP  # per-shard partial sums
         reduce = (lambda t: accelerator.reduce(t.to(accelerator.device), reduction="sum")) if fsdp else (lambda t: t)
-        self.probes = BlockProbes(self.blocks, reduce)
+        self.probes = BlockProbes(self.unwrapped.model.layers, reduce)
 
     def _setup_loop_state(self) -> None:
         args, accelerator, data = self.args, self.accelerator, self.data

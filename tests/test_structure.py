@@ -1,5 +1,6 @@
-"""The import graph of the package, read with `ast` (nothing is imported): it has no cycle, and model/ imports only
-the library (torch, transformers, ...) and itself, so its files run as remote code where normgpt is not installed.
+"""The package's structure, read with `ast` (nothing is imported): the import graph has no cycle, model/ imports only
+the library (torch, transformers, ...) and itself, so its files run as remote code where normgpt is not installed,
+and the Trainer declares every attribute it sets.
 
 Imports inside functions count: a cycle hidden in a function body is still a cycle."""
 
@@ -94,3 +95,21 @@ def test_model_imports_only_the_library_and_itself():
             continue
         foreign = sorted(m for m in imported(path, modules) if m.split(".")[0] != "model")
         assert foreign == [], f"{path.relative_to(REPO_ROOT)} imports {foreign}"
+
+
+def test_the_trainer_declares_every_attribute_it_sets():
+    """Its state is read at the top of the class, group by group: an attribute set anywhere else is undeclared
+    state, and `getattr(self, name, default)` hides one."""
+    source = (REPO_ROOT / "train" / "trainer.py").read_text()
+    trainer = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "Trainer")
+    declared = {n.target.id for n in trainer.body if isinstance(n, ast.AnnAssign)}
+    targets = [t for n in ast.walk(trainer) if isinstance(n, ast.Assign) for t in n.targets]
+    targets += [n.target for n in ast.walk(trainer) if isinstance(n, ast.AugAssign)]
+    assigned = {
+        e.attr
+        for target in targets
+        for e in ast.walk(target)  # `self.a, self.b = ...` too
+        if isinstance(e, ast.Attribute) and isinstance(e.value, ast.Name) and e.value.id == "self"
+    }
+    assert assigned and assigned <= declared, sorted(assigned - declared)
+    assert "getattr(self," not in source
