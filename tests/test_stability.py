@@ -264,7 +264,8 @@ def test_run_metrics_fold_the_largest_finite_probe_value():
 
 def test_every_run_metric_reaches_the_summary_the_csv_and_the_report(tmp_path):
     """Each RUN_METRICS entry is a Summary field, a summary.csv column and a column of both report tables, combined
-    over a variant's runs as it says (sum or max), with no line of the report written for it by name."""
+    over a variant's runs as it says (sum or max), with no line of the report written for it by name. (And the
+    report's eps is the summary's, which the norm registry gave it.)"""
     import csv
     import dataclasses
 
@@ -278,6 +279,7 @@ def test_every_run_metric_reaches_the_summary_the_csv_and_the_report(tmp_path):
         runs.append(RecordedRun(f"seed={seed}", {"seed": seed}))
         values = {m.key: (seed + 1) * (1 if m.digits is None else 1.25) for m in RUN_METRICS}
         summary = Summary(RunStatus.COMPLETED, steps=4, max_steps=4, init_val_loss=5.0, final_val_loss=4.0, **values)
+        summary.model = {"norm_type": "dyt", "norm_placement": "pre", "rms_norm_eps": 1e-6, "norm_eps": None}
         (tmp_path / "runs" / runs[-1].name).mkdir(parents=True)
         summary.write(tmp_path / "runs" / runs[-1].name)
     write_sweep_record(tmp_path, SweepRecord(grid={"seed": [0, 1]}, runs=runs, fields={"seed": "seed"}))
@@ -292,3 +294,4 @@ def test_every_run_metric_reaches_the_summary_the_csv_and_the_report(tmp_path):
         results = next(line for line in text.split("## Results")[1].splitlines() if line.startswith("| all runs |"))
         assert f"| {cell} |" in results, (m.key, results)
         assert m.label in text.split("## Runs")[1].splitlines()[2]  # the runs table's header
+    assert "| all runs | dyt | pre | none |" in text  # the eps the registry gave the summary: DyT has none

@@ -48,7 +48,7 @@ SUMMARY_COLUMNS = (
 NORM_SETTINGS = (
     ("norm", "norm_type"),
     ("placement", "norm_placement"),
-    ("eps", "rms_norm_eps"),
+    ("eps", "norm_eps"),  # the registry's: "none" for a norm without one (norm_setting)
     ("qk_norm", "qk_norm"),
     ("z_loss", "z_loss"),
 )
@@ -177,12 +177,23 @@ def variant_settings(study: Study, variant: str) -> list[str]:
 
     row = [variant]
     for _, key in NORM_SETTINGS:
-        row.append(joined((fmt_value(v) for r in runs if (v := r.model_setting(key)) is not None), "not recorded"))
+        row.append(joined((fmt_value(v) for r in runs if (v := norm_setting(r, key)) is not None), "not recorded"))
     params = sorted({p for r in runs if r.summary is not None and (p := number(r.summary.num_parameters))})
     row.append(", ".join(f"{p / 1e6:.2f}M" for p in params) if params else "–")
     numerics = (r.summary.model.get("norm_numerics") for r in runs if r.summary is not None)
     row.append(joined(numerics, "not recorded (no summary.json with model.norm_numerics)"))
     return row
+
+
+def norm_setting(run: StudyRun, key: str) -> Any:
+    """A NORM_SETTINGS value of a run. The eps is the one summary.json recorded from the norm registry ("none" where
+    the norm has none); a summary from before that was recorded gives `rms_norm_eps`."""
+    if key != "norm_eps":
+        return run.model_setting(key)
+    model = run.summary.model if run.summary is not None else {}
+    if "norm_eps" in model:
+        return "none" if model["norm_eps"] is None else model["norm_eps"]
+    return run.model_setting("rms_norm_eps")
 
 
 def setup(ctx: Context) -> list[str]:
