@@ -153,14 +153,26 @@ def test_short_run_learns_and_writes_every_output(corpus, cache_dir, tmp_path):
 
 
 def test_a_variant_without_a_stock_class_keeps_the_remote_code_format(corpus, cache_dir, tmp_path):
-    out = tmp_path / "post"
-    proc = run_train(tiny_args(corpus, cache_dir, out, max_steps=4, eval_steps=0, save_steps=0, norm_placement="post"))
+    """In-process, through the trainer's entry point (no interpreter start)."""
+    import contextlib
+    import io
+
+    from train.train import main
+
+    out, printed = tmp_path / "post", io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert (
+            main(tiny_args(corpus, cache_dir, out, max_steps=4, eval_steps=0, save_steps=0, norm_placement="post")) == 0
+        )
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "normgpt" and "rms_impl" not in config  # a runtime choice, never saved
     for name in ("modeling_normgpt.py", "configuration_normgpt.py", "norms.py", "rmsnorm_triton.py"):
         assert (out / name).is_file(), name
     assert json.loads((out / "export.json").read_text())["reason"].startswith("norm_placement=post")
-    assert "model: normgpt remote code" in proc.stdout and "trust_remote_code=True)" in proc.stdout
+    assert "model: normgpt remote code" in printed.getvalue() and "trust_remote_code=True)" in printed.getvalue()
+    assert json.loads((out / "summary.json").read_text())["export"]["note"].startswith(
+        "no stock export: norm_placement"
+    )
 
 
 def _wait_for(predicate, proc, timeout=300):
