@@ -81,3 +81,15 @@ def test_the_installed_command_and_the_scripts_reach_the_same_tools(tmp_path):
     for argv in (["-m", "train", "report", missing], [str(REPO_ROOT / "scripts" / "report.py"), missing]):
         proc = subprocess.run([sys.executable, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and proc.stderr == f"report.py: error: '{missing}' is not a directory\n", argv
+
+
+def test_the_report_starts_without_torch():
+    """`normgpt report` (and every module it imports: the run directory's format, the fields' roles) is light."""
+    import subprocess
+    import sys
+
+    check = "import sys; from train.commands import main; main(['report', '--help']); print(sorted(sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    loaded = proc.stdout.strip().splitlines()[-1]
+    assert proc.returncode == 0 and "'train.sweep.report'" in loaded
+    assert "'torch'" not in loaded and "'transformers'" not in loaded

@@ -82,6 +82,19 @@ def run_train(args: list[str], launcher: list[str] | None = None, env: dict | No
     return proc
 
 
+def train_here(args: list[str]) -> str:
+    """The trainer's entry point in this process (no interpreter start); returns what it printed."""
+    import contextlib
+    import io
+
+    from train.train import main
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(args) == 0
+    return printed.getvalue()
+
+
 def test_short_run_learns_and_writes_every_output(corpus, cache_dir, tmp_path):
     out = tmp_path / "run"
     proc = run_train(tiny_args(corpus, cache_dir, out, save_total_limit=1))
@@ -153,26 +166,18 @@ def test_short_run_learns_and_writes_every_output(corpus, cache_dir, tmp_path):
 
 
 def test_a_variant_without_a_stock_class_keeps_the_remote_code_format(corpus, cache_dir, tmp_path):
-    """In-process, through the trainer's entry point (no interpreter start)."""
-    import contextlib
-    import io
-
-    from train.train import main
-
-    out, printed = tmp_path / "post", io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert (
-            main(tiny_args(corpus, cache_dir, out, max_steps=4, eval_steps=0, save_steps=0, norm_placement="post")) == 0
-        )
+    out = tmp_path / "post"
+    printed = train_here(
+        tiny_args(corpus, cache_dir, out, max_steps=4, eval_steps=0, save_steps=0, norm_placement="post")
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "normgpt" and "rms_impl" not in config  # a runtime choice, never saved
     for name in ("modeling_normgpt.py", "configuration_normgpt.py", "norms.py", "rmsnorm_triton.py"):
         assert (out / name).is_file(), name
     assert json.loads((out / "export.json").read_text())["reason"].startswith("norm_placement=post")
-    assert "model: normgpt remote code" in printed.getvalue() and "trust_remote_code=True)" in printed.getvalue()
-    assert json.loads((out / "summary.json").read_text())["export"]["note"].startswith(
-        "no stock export: norm_placement"
-    )
+    assert "model: normgpt remote code" in printed and "trust_remote_code=True)" in printed
+    note = json.loads((out / "summary.json").read_text())["export"]["note"]
+    assert note.startswith("no stock export: norm_placement=post")
 
 
 def _wait_for(predicate, proc, timeout=300):
@@ -257,17 +262,19 @@ def test_torch_compile_run_keeps_its_stability_probes(corpus, cache_dir, tmp_pat
 def test_training_without_a_validation_split(corpus, cache_dir, tmp_path):
     out = tmp_path / "noval"
     args = tiny_args(corpus, cache_dir, out, max_steps=4, eval_steps=2, save_steps=0, sample_max_new_tokens=0)
-    proc = run_train([*args, "--validation_split_percentage", "0"])
+    printed = train_here([*args, "--validation_split_percentage", "0"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["final_val_loss"] is None
     assert not [r for r in read_metrics(out / "metrics.jsonl") if "val_loss" in r]
-    assert "no validation split" in proc.stdout
+    assert "no validation split" in printed
 
 
 def test_gradient_accumulation_counts_every_micro_batch(corpus, cache_dir, tmp_path):
     out = tmp_path / "ga"
     args = tiny_args(corpus, cache_dir, out, max_steps=4, logging_steps=2, eval_steps=0, save_steps=0)
-    run_train([*args, "--gradient_accumulation_steps", "3", "--sample_max_new_tokens", "0"])
+    train_here([*args, "--gradient_accumulation_steps", "3", "--sample_max_new_tokens", "0"])
     rows = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     assert [r["tokens"] for r in rows] == [2 * 3 * 8 * 64, 4 * 3 * 8 * 64]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["tokens_per_step"], summary["tokens"]) == (3 * 8 * 64, 4 * 3 * 8 * 64)
     assert all(math.isfinite(r["loss"]) for r in rows)

@@ -9,8 +9,9 @@
     study.py      a sweep directory read back: runs grouped into variants, and each variant's results
     figures.py    the one list of the report's figures
     report.py     summary.csv and report.md
-    ablate.py     the `scripts/ablate.py` command; report.py's `main` is `scripts/report.py`
+    ablate.py     `normgpt sweep` (scripts/ablate.py); report.py's `main` is `normgpt report` (scripts/report.py)
 
 Only spec.py, plan.py and ablate.py import the trainer's config (and with it torch and transformers); the report's
-modules stay light so that `scripts/report.py` starts fast.
+modules stay light (the run directory's format, and the light train/arguments.py for the fields' roles) so that
+`normgpt report` starts fast: tests/test_cli.py checks that it imports no torch.
 """
