@@ -20,17 +20,17 @@ from train.atomic_io import read_json
 from train.config import ModelArguments, build_model_config, model_field
 from train.run_directory import DATA_INFO, RUN_CONFIG, read_run_config
 
-MODEL_FIELDS = fields_with(RESUME, sections=(ModelArguments,))
-DATA_FIELDS = fields_with(RESUME, OPTIMIZATION, sections=(DataArguments,))
-TRAINING_FIELDS = fields_with(RESUME, OPTIMIZATION, sections=(TrainingArguments,))
+COMPARED_MODEL = fields_with(RESUME, sections=(ModelArguments,))
+COMPARED_DATA = fields_with(RESUME, OPTIMIZATION, sections=(DataArguments,))
+COMPARED_TRAINING = fields_with(RESUME, OPTIMIZATION, sections=(TrainingArguments,))
 
 
 def _resolved_model(section: dict[str, Any]) -> dict[str, Any]:
     """The resume-relevant model fields as the model saw them: a legacy run_config.yaml wrote null for every
     default, which the model config resolves."""
-    model = ModelArguments(**{k: v for k, v in section.items() if k in MODEL_FIELDS and k != "vocab_size"})
+    model = ModelArguments(**{k: v for k, v in section.items() if k in COMPARED_MODEL and k != "vocab_size"})
     config = build_model_config(model)
-    out = {k: model_field(config, k) for k in MODEL_FIELDS if k != "vocab_size"}
+    out = {k: model_field(config, k) for k in COMPARED_MODEL if k != "vocab_size"}
     return {**out, "vocab_size": ModelArguments(vocab_size=section.get("vocab_size")).bpe_vocab_size}
 
 
@@ -56,20 +56,21 @@ def differences(
     old: dict, new: dict, old_key: dict | None, new_key: dict, old_processes: int, new_processes: int
 ) -> list[str]:
     """'field old -> new' for every setting that must match and does not."""
-    diffs = []
+
+    def changed(section: str, names: tuple[str, ...]) -> list[str]:
+        return [
+            f"{k} {old[section].get(k)!r} -> {new[section][k]!r}"
+            for k in names
+            if old[section].get(k) != new[section][k]
+        ]
+
     old_model, new_model = _resolved_model(old["model"]), _resolved_model(new["model"])
-    diffs += [f"{k} {old_model.get(k)!r} -> {v!r}" for k, v in new_model.items() if old_model.get(k) != v]
-    diffs += [
-        f"{k} {old['data'].get(k)!r} -> {new['data'][k]!r}" for k in DATA_FIELDS if old["data"].get(k) != new["data"][k]
-    ]
+    diffs = [f"{k} {old_model.get(k)!r} -> {v!r}" for k, v in new_model.items() if old_model.get(k) != v]
+    diffs += changed("data", COMPARED_DATA)
     if old_key is not None and old_key != new_key:
-        changed = sorted(k for k in set(old_key) | set(new_key) if old_key.get(k) != new_key.get(k))
-        diffs.append(f"data ({', '.join(changed)} of the token cache key) differs")
-    diffs += [
-        f"{k} {old['training'].get(k)!r} -> {new['training'][k]!r}"
-        for k in TRAINING_FIELDS
-        if old["training"].get(k) != new["training"][k]
-    ]
+        keys = sorted(k for k in set(old_key) | set(new_key) if old_key.get(k) != new_key.get(k))
+        diffs.append(f"data ({', '.join(keys)} of the token cache key) differs")
+    diffs += changed("training", COMPARED_TRAINING)
     old_batch, new_batch = _global_batch(old["training"], old_processes), _global_batch(new["training"], new_processes)
     if old_batch != new_batch:
         diffs.append(f"global batch (sequences per step over all processes) {old_batch} -> {new_batch}")

@@ -48,7 +48,7 @@ PLACEMENTS = {
     "post": "post-norm, `norm(h + f(h))` (the original Transformer), no final norm",
     "peri": "peri-norm, `h + norm(f(norm(h)))` (Gemma 2, Peri-LN), with a final norm",
 }
-TRAINING_FIELDS = fields_with(CARD_ROLE, OPTIMIZATION)
+CARD_FIELDS = fields_with(CARD_ROLE, OPTIMIZATION)
 
 
 def norm_title(name: str | None) -> str:
@@ -181,7 +181,7 @@ def architecture_section(model: dict[str, Any], run: Run, export: Any) -> str:
 def training_section(run: Run) -> str:
     config, summary = run.config, run.summary
     hardware = summary.hardware if summary else None
-    rows = [(f"`{name}`", fmt(config.get(name))) for name in TRAINING_FIELDS if name in config]
+    rows = [(f"`{name}`", fmt(config.get(name))) for name in CARD_FIELDS if name in config]
     rows += [
         ("Tokens per step", fmt_count(summary.tokens_per_step if summary else None)),
         ("Status", fmt(summary.status.value if summary else None)),
