@@ -15,9 +15,8 @@ from pathlib import Path
 
 import filelock
 
+from train.arguments import REPO_ROOT
 from train.run_directory import LOCK, foreign_entries, remove_owned
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class OutputDirError(ValueError):

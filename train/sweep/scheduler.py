@@ -26,12 +26,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from train.arguments import REPO_ROOT
 from train.run_directory import ERROR_LOG, SUMMARY, TRAIN_LOG, RunStatus, load_run
 from train.sweep.directory import Launch, append_launch, run_dir
 from train.sweep.plan import Action, clear_for_restart
 from train.sweep.spec import RunSpec
 
-TRAIN = Path(__file__).resolve().parents[2] / "train" / "train.py"
+TRAIN = REPO_ROOT / "train" / "train.py"
 STDERR_TAIL_BYTES = 64 * 1024
 STOP_GRACE_SECONDS = 60.0  # time a stopped run gets to write its checkpoint and summary
 PROGRESS_SECONDS = 5.0  # how often the progress bar shows each active run's step
