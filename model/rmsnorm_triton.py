@@ -35,6 +35,7 @@ reference functions are usable).
 import contextlib
 import functools
 import math
+import os
 
 import torch
 from torch.library import wrap_triton
@@ -435,11 +436,12 @@ if not hasattr(torch.ops.normgpt, "rms_norm_fwd"):
 
 
 def triton_can_run(t: torch.Tensor) -> bool:
-    """Whether the Triton kernels can run on ``t``: a CUDA tensor, or a CPU tensor when the kernels were compiled
-    for the Triton interpreter (TRITON_INTERPRET=1 set before this module, or triton, was first imported)."""
+    """Whether the Triton kernels can run on ``t``: a CUDA tensor, or a CPU tensor when the kernels were made for
+    the Triton interpreter (TRITON_INTERPRET=1 set before this module, or triton, was first imported) and the
+    variable is still set."""
     if not HAS_TRITON:
         return False
-    return t.is_cuda or (INTERPRETED and t.device.type == "cpu")
+    return t.is_cuda or (INTERPRETED and t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

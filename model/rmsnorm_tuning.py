@@ -65,8 +65,10 @@ BWD_CHUNK_N = 4096
 FWD_CHUNK_STAGES = (1, 2)
 BWD_STAGES = (1, 2, 3)
 BWD_CHUNK_STAGES = (1, 2)
-# Resident warps per SM the persistent backward aims for; programs per SM = this / warps per program.
-BWD_RESIDENT_WARPS = (32, 64)
+# Resident warps per SM the persistent backward aims for, for one 16-byte vector per thread; programs per SM =
+# this / (warps per program * vectors per thread). The backward needs 64-84 registers per thread at one vector
+# and 103-119 at two (scripts/check_kernel_registers.py), so an SM holds at most ~32 or ~16 of its warps.
+BWD_RESIDENT_WARPS = (16, 32)
 MAX_PROGRAMS_PER_SM = 16
 SMEM_PER_SM = 200 * 1024  # of Hopper's 228 KiB, leaving room for the reductions' scratch
 
@@ -178,9 +180,10 @@ def _bwd_smem(config: KernelConfig, itemsize: int, has_dres: bool) -> int:
 def backward_space(n_cols: int, n_rows: int, itemsize: int, has_dres: bool) -> list[KernelConfig]:
     """Configurations of the persistent backward; the default first.
 
-    Tiles as in the forward but at most two 16-byte vectors per thread (three live tensors per element), on 4..32
-    warps; 1..3 pipeline stages (1 = no prefetch); programs per SM for 32 or 64 resident warps. Pruned where the
-    pipeline buffers of all of an SM's programs would not fit in its shared memory.
+    Tiles as in the forward but at most two 16-byte vectors per thread (three live tensors per element) and 8 KB
+    per tensor, on 4..32 warps; 1..3 pipeline stages (1 = plain loads; with 3 the loads of the next tile are in
+    flight while this one reduces); programs per SM for 16 or 32 resident warps at one vector per thread, half as
+    many at two (registers). Pruned where the pipeline buffers of an SM's programs would not fit its shared memory.
     """
     vector = max(1, VECTOR_BYTES // itemsize)
     block_n = next_pow2(n_cols)
@@ -193,9 +196,10 @@ def backward_space(n_cols: int, n_rows: int, itemsize: int, has_dres: bool) -> l
         stages_choices = BWD_CHUNK_STAGES
     space = []
     for rows, warps in tiles:
+        vectors = max(1, rows * block_n // (32 * warps * vector))
         for stages in stages_choices:
             for resident in BWD_RESIDENT_WARPS:
-                per_sm = min(MAX_PROGRAMS_PER_SM, max(1, resident // warps))
+                per_sm = min(MAX_PROGRAMS_PER_SM, max(1, resident // (warps * vectors)))
                 config = KernelConfig(block_n, rows, warps, stages, per_sm)
                 if per_sm * _bwd_smem(config, itemsize, has_dres) <= SMEM_PER_SM:
                     space.append(config)

@@ -553,7 +553,9 @@ def test_backward_space_fits_shared_memory_and_single_pass_limits():
         for c in tuning.backward_space(n, 32768, 2, has_dres=True):
             pipeline = (c.num_stages - 1) * c.rows * c.block_n * 2 * 3
             assert c.programs_per_sm * pipeline <= tuning.SMEM_PER_SM
-            assert c.programs_per_sm * c.num_warps in (32, 64) or c.programs_per_sm == tuning.MAX_PROGRAMS_PER_SM
+            vectors = c.elements_per_thread() // 8
+            resident = c.programs_per_sm * c.num_warps * vectors
+            assert resident in tuning.BWD_RESIDENT_WARPS or c.programs_per_sm in (1, tuning.MAX_PROGRAMS_PER_SM)
             assert (c.block_n >= n) == (tuning.next_pow2(n) <= tuning.BWD_MAX_FUSED_N)
 
 
