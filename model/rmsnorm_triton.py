@@ -413,15 +413,50 @@ def _register_ops() -> None:
         ctx.input_dtypes = (x.dtype, residual.dtype)
 
     def add_rms_norm_backward(ctx, grad_y, grad_rstd, grad_h):
-        # h feeds both the norm and whatever uses the new residual stream, so its total gradient is the norm's
-        # dx plus grad_h; h = x + residual then hands that same gradient to both x and residual (in their own
-        # dtypes when they differ; .to is a no-op otherwise).
         h, weight, rstd = ctx.saved_tensors
         dh, dw = torch.ops.normgpt.rms_norm_bwd(grad_y, h, weight, rstd, grad_h)
-        x_dtype, residual_dtype = ctx.input_dtypes
-        return dh.to(x_dtype), dh.to(residual_dtype), dw, None
+        return (*_split_dh(dh, ctx.input_dtypes), dw, None)
 
     add_rms_norm_fwd.register_autograd(add_rms_norm_backward, setup_context=add_rms_norm_setup_context)
+
+
+def _split_dh(dh: torch.Tensor, input_dtypes: tuple[torch.dtype, torch.dtype]) -> tuple[torch.Tensor, torch.Tensor]:
+    """h = x + residual feeds both the norm and whatever uses the new residual stream, so its total gradient is the
+    norm's dx plus grad_h (added in the kernel); the add hands that same gradient to x and to residual, each in its
+    own dtype (.to is a no-op where they match)."""
+    return dh.to(input_dtypes[0]), dh.to(input_dtypes[1])
+
+
+class _RMSNorm(torch.autograd.Function):
+    """Eager calls skip the torch.library dispatch, which costs more host time than the launch itself (the ops
+    are what torch.compile traces). Same implementations, same kernels, same configurations."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        y, rstd, _ = _rms_norm_fwd(x, weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, rstd = ctx.saved_tensors
+        dx, dw = _rms_norm_bwd(grad_y, x, weight, rstd)
+        return dx, dw, None
+
+
+class _AddRMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, residual, weight, eps):
+        y, rstd, h = _rms_norm_fwd(x, weight, eps, residual)
+        ctx.save_for_backward(h, weight, rstd)
+        ctx.input_dtypes = (x.dtype, residual.dtype)
+        return y, h
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_h):
+        h, weight, rstd = ctx.saved_tensors
+        dh, dw = _rms_norm_bwd(grad_y, h, weight, rstd, grad_h)
+        return (*_split_dh(dh, ctx.input_dtypes), dw, None)
 
 
 # A checkpoint's remote-code copy of this file may be imported alongside the project's own copy; the ops live in
@@ -449,8 +484,9 @@ def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
 
     Differentiable in ``x`` and ``weight``. Returns a new contiguous tensor of x's shape and dtype.
     """
-    y, _ = torch.ops.normgpt.rms_norm_fwd(x, weight, eps)
-    return y
+    if torch.compiler.is_compiling():
+        return torch.ops.normgpt.rms_norm_fwd(x, weight, eps)[0]
+    return _RMSNorm.apply(x, weight, eps)
 
 
 def fused_add_rms_norm(
@@ -462,8 +498,10 @@ def fused_add_rms_norm(
     promoted dtype, exactly as ``add_rms_norm_reference``. Differentiable in all three tensors, including gradient
     flowing into the returned ``h`` from its later use as the residual stream.
     """
-    y, _, h = torch.ops.normgpt.add_rms_norm_fwd(x, residual, weight, eps)
-    return y, h
+    if torch.compiler.is_compiling():
+        y, _, h = torch.ops.normgpt.add_rms_norm_fwd(x, residual, weight, eps)
+        return y, h
+    return _AddRMSNorm.apply(x, residual, weight, eps)
 
 
 def kernel_choices(timings: bool = False) -> dict:
