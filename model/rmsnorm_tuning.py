@@ -16,7 +16,8 @@ dtypes is decided once per process, in this order:
 3. the persistent cache file (``cache_path()``), written by an earlier measurement on this kind of device;
 4. measurement: every configuration of the space is timed on scratch tensors of the real shape (CUDA only, for
    problems of at least ``MEASURE_MIN_ELEMENTS`` elements, not while a CUDA graph is being captured, and not
-   when ``NORMGPT_RMSNORM_AUTOTUNE=0``); the fastest is used and written to the cache file;
+   when ``NORMGPT_RMSNORM_AUTOTUNE=0``); the fastest is used and written to the cache file (if the scratch
+   tensors do not fit in memory, nothing is measured);
 5. otherwise the space's first configuration, a reasonable default (the Triton interpreter always takes it or a
    pinned one).
 
@@ -114,20 +115,43 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _tiles(block_n: int, n_rows: int, vector: int, warps_choices, vectors_per_thread, max_tile: int):
+def _tiles(block_n: int, n_rows: int, vector: int, warps_choices, vectors_per_thread, max_tile: int, allowed):
     """(rows, warps) pairs whose [rows, block_n] tile gives each thread exactly k 16-byte vectors per tensor, with
-    at most MAX_ROWS rows, no more rows than the row count rounded up, and at most max(block_n, max_tile)
-    elements. A row shorter than one warp's vectors falls back to one warp and as many rows as allowed."""
+    at most MAX_ROWS rows, no more rows than the row count rounded up, at most max(block_n, max_tile) elements,
+    and ``allowed(rows, warps, k)``. A row shorter than one warp's vectors falls back to one warp and as many rows
+    as allowed; a long row that no allowed tile holds gets none (it runs in chunks)."""
     max_rows = min(MAX_ROWS, next_pow2(n_rows), max(1, max_tile // block_n))
     tiles = []
     for warps in warps_choices:
         for k in vectors_per_thread:
             tile = 32 * warps * k * vector
-            if block_n <= tile <= max_rows * block_n:
+            if block_n <= tile <= max_rows * block_n and allowed(tile // block_n, warps, k):
                 tiles.append((tile // block_n, warps))
-    if not tiles:
+    if not tiles and block_n < 32 * vector:
         tiles.append((max(1, min(max_rows, 32 * vector // block_n)), 1))
     return tiles
+
+
+# Register rules, from scripts/check_kernel_registers.py (every configuration compiled for sm_90): 32 warps leave
+# a thread 64 registers, which holds two vectors' worth of a row in a single pass over a width that is a multiple
+# of 16 (16-byte loads), but spills in the chunk loops and where the width is not a multiple of 16 (then every
+# element loads separately and needs its own address); the backward keeps about three float32 values per element
+# live, so only single-row tiles take two vectors per thread, and tiles of several rows (whose reductions need
+# more scratch) stay at 8 warps or fewer.
+def _fwd_allowed(rows: int, warps: int, vectors: int) -> bool:
+    return warps < 32 or vectors == 1
+
+
+def _fwd_aligned_allowed(rows: int, warps: int, vectors: int) -> bool:
+    return warps < 32 or vectors <= 2
+
+
+def _bwd_allowed(rows: int, warps: int, vectors: int) -> bool:
+    return rows == 1 or (vectors == 1 and warps <= 8)
+
+
+def _bwd_chunk_allowed(rows: int, warps: int, vectors: int) -> bool:
+    return vectors == 1
 
 
 def _ordered(space: list[KernelConfig], vector: int, prefer: KernelConfig) -> list[KernelConfig]:
@@ -160,13 +184,15 @@ def forward_space(n_cols: int, n_rows: int, itemsize: int) -> list[KernelConfig]
     vector = max(1, VECTOR_BYTES // itemsize)
     block_n = next_pow2(n_cols)
     if block_n <= FWD_MAX_FUSED_N:
-        tiles = _tiles(block_n, n_rows, vector, FWD_WARPS, FWD_VECTORS_PER_THREAD, MAX_ROWS * block_n)
+        allowed = _fwd_aligned_allowed if n_cols % 16 == 0 else _fwd_allowed
+        tiles = _tiles(block_n, n_rows, vector, FWD_WARPS, FWD_VECTORS_PER_THREAD, MAX_ROWS * block_n, allowed)
         space = [KernelConfig(block_n, rows, warps) for rows, warps in tiles]
-        return _ordered(space, vector, KernelConfig(block_n=32 * 4 * 2 * vector, rows=1, num_warps=4))
+        if space:  # else the row is too long for any tile the register rules allow (float32 at 16384)
+            return _ordered(space, vector, KernelConfig(block_n=32 * 4 * 2 * vector, rows=1, num_warps=4))
     chunk = FWD_CHUNK_N
     space = [
         KernelConfig(chunk, 1, warps, stages)
-        for rows, warps in _tiles(chunk, 1, vector, FWD_WARPS, FWD_VECTORS_PER_THREAD, chunk)
+        for rows, warps in _tiles(chunk, 1, vector, FWD_WARPS, FWD_VECTORS_PER_THREAD, chunk, _fwd_allowed)
         for stages in FWD_CHUNK_STAGES
     ]
     return _ordered(space, vector, KernelConfig(chunk, 1, max(1, chunk // (32 * 2 * vector)), 2))
@@ -187,12 +213,12 @@ def backward_space(n_cols: int, n_rows: int, itemsize: int, has_dres: bool) -> l
     """
     vector = max(1, VECTOR_BYTES // itemsize)
     block_n = next_pow2(n_cols)
-    if block_n <= BWD_MAX_FUSED_N:
-        tiles = _tiles(block_n, n_rows, vector, BWD_WARPS, BWD_VECTORS_PER_THREAD, BWD_MAX_TILE_BYTES // itemsize)
-        stages_choices = BWD_STAGES
-    else:
+    max_tile = BWD_MAX_TILE_BYTES // itemsize
+    tiles = _tiles(block_n, n_rows, vector, BWD_WARPS, BWD_VECTORS_PER_THREAD, max_tile, _bwd_allowed)
+    stages_choices = BWD_STAGES
+    if block_n > BWD_MAX_FUSED_N or not tiles:
         block_n = BWD_CHUNK_N
-        tiles = _tiles(block_n, 1, vector, BWD_WARPS, BWD_VECTORS_PER_THREAD, block_n)
+        tiles = _tiles(block_n, 1, vector, BWD_WARPS, BWD_VECTORS_PER_THREAD, block_n, _bwd_chunk_allowed)
         stages_choices = BWD_CHUNK_STAGES
     space = []
     for rows, warps in tiles:
@@ -283,7 +309,10 @@ class Tuner:
             if config in space:
                 return Choice(config, "cache")
         if measure is not None and len(space) > 1:
-            timings = {config: measure(config) for config in space}
+            try:
+                timings = {config: measure(config) for config in space}
+            except torch.cuda.OutOfMemoryError:  # scratch tensors of the shape did not fit next to the model
+                timings = {config: math.inf for config in space}
             best = min(space, key=lambda c: timings[c])  # ties: the earlier, i.e. nearer the default
             if math.isfinite(timings[best]):
                 self._write_disk(name, best)

@@ -666,6 +666,15 @@ def test_failed_measurements_fall_back_to_the_default():
     assert not tuning.cache_path().exists()
 
 
+def test_no_memory_for_scratch_tensors_means_the_default():
+    def out_of_memory(config):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    tuner = tuning.Tuner("ns")
+    assert tuner.choose(KEY, _space, out_of_memory) == _space()[0]
+    assert tuner.choices()["choices"][tuning.key_name(KEY)]["source"] == "default"
+
+
 def test_measuring_needs_cuda_and_can_be_switched_off(monkeypatch):
     assert not tuning.can_measure(torch.device("cpu"))
     monkeypatch.setenv("NORMGPT_RMSNORM_AUTOTUNE", "0")
