@@ -29,6 +29,7 @@ Without CUDA: one line and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import platform
@@ -168,45 +169,57 @@ def set_count(set_bytes: int, l2_bytes: int) -> int:
     return max(1, min(math.ceil(4 * l2_bytes / set_bytes), free // 4 // max(1, set_bytes), 64))
 
 
-def time_kernel(fn, sets: list, reps: int) -> float:
-    """ms per call, GPU work only: one CUDA graph calls fn on every set; median replay time / len(sets)."""
+@contextlib.contextmanager
+def side_stream():
+    """Everything of one measurement (forward, warm-up, capture, replays, events) on one fresh stream: graph
+    capture needs a stream other than the default, and autograd runs each backward op on the stream its forward
+    op ran on, so a backward captured alone is only captured if its forward ran on the capture stream too."""
     stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up off the default stream, as graph capture requires
-        for s in sets:
-            fn(s)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for s in sets:
-            fn(s)
-    graph.replay()
+    stream.wait_stream(torch.cuda.current_stream())  # the inputs were made on the default stream
+    try:
+        with torch.cuda.stream(stream):
+            yield stream
+    finally:
+        torch.cuda.current_stream().wait_stream(stream)
+
+
+def _median_ms(launch, per: int, reps: int) -> float:
+    """Median over reps of the time `launch()` takes on the current stream, divided by `per`."""
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        graph.replay()
+        launch()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) / len(sets))
-    del graph
+        times.append(start.elapsed_time(end) / per)
     return statistics.median(times)
 
 
 def time_call(fn, sets: list, reps: int) -> float:
-    """ms per call as a user makes it: Python calls in a loop, CUDA events around each sweep over the sets."""
-    for s in sets:
-        fn(s)
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+    """ms per call as a user makes it: Python calls in a loop, CUDA events around each sweep over the sets. The
+    first sweep warms up (compilation, the kernels' tuning) untimed."""
+
+    def sweep():
         for s in sets:
             fn(s)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / len(sets))
-    return statistics.median(times)
+
+    sweep()
+    return _median_ms(sweep, len(sets), reps)
+
+
+def time_kernel(fn, sets: list, reps: int, stream: torch.cuda.Stream) -> float:
+    """ms per call, GPU work only: one CUDA graph calls fn on every set; median replay time / len(sets). Call
+    after time_call (or another warm-up) on the same stream."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        for s in sets:
+            fn(s)
+    graph.replay()
+    try:
+        return _median_ms(graph.replay, len(sets), reps)
+    finally:
+        del graph
 
 
 def copy_runner(s):
@@ -218,7 +231,10 @@ def time_copy(total_bytes: int, l2_bytes: int, reps: int) -> float:
     half = total_bytes // 2
     count = set_count(2 * half, l2_bytes)
     pairs = [tuple(torch.empty(half, dtype=torch.uint8, device="cuda") for _ in range(2)) for _ in range(count)]
-    return time_kernel(copy_runner, pairs, reps)
+    with side_stream() as stream:
+        for pair in pairs:
+            copy_runner(pair)
+        return time_kernel(copy_runner, pairs, reps, stream)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -240,10 +256,11 @@ def run_case(impls: dict, mode: str, rows: int, n: int, dtype, weight_dtype, arg
     result = {"bytes": total, "kernel_ms": {COPY: time_copy(total, l2_bytes, args.reps)}, "call_ms": {}, "errors": {}}
     for name, impl in impls.items():
         try:
-            sets = prepare(mode, impl, base)
-            fn = runner(mode, impl)
-            result["call_ms"][name] = time_call(fn, sets, args.reps)
-            result["kernel_ms"][name] = time_kernel(fn, sets, args.reps)
+            with side_stream() as stream:
+                sets = prepare(mode, impl, base)
+                fn = runner(mode, impl)
+                result["call_ms"][name] = time_call(fn, sets, args.reps)
+                result["kernel_ms"][name] = time_kernel(fn, sets, args.reps, stream)
         except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
             if name == OURS:
                 raise
@@ -324,10 +341,13 @@ def time_prenorm_step(rows: int, n: int, args, kernels, l2_bytes: int) -> dict[s
         x, r, dout, dh = (torch.randn(rows, n, device="cuda", dtype=dtype, generator=g) for _ in range(4))
         sets.append((x.requires_grad_(), r.requires_grad_(), dout, dh))
     # Gradients accumulate into .grad across calls; the graph replays the same accumulation, so times stay fair.
-    return {
-        name: time_kernel(prenorm_runner(add_norm, linear, w), sets, args.reps)
-        for name, add_norm in prenorm_variants(kernels, args.eps).items()
-    }
+    times = {}
+    for name, add_norm in prenorm_variants(kernels, args.eps).items():
+        with side_stream() as stream:
+            step = prenorm_runner(add_norm, linear, w)
+            time_call(step, sets, 1)  # warm-up: compilation, tuning, .grad allocation
+            times[name] = time_kernel(step, sets, args.reps, stream)
+    return times
 
 
 # ----------------------------------------------------------------------------------------------------------------

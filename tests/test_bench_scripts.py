@@ -104,3 +104,29 @@ def test_bench_step_smoke_trains_every_variant(tmp_path, capsys):
     assert any(name.startswith("fwd|") for name in record["kernel_choices"]["choices"])
     report = capsys.readouterr().out
     assert "MFU = tokens/s x FLOPs per token / peak" in report and "rms_impl=auto, compiled: PyTorch" in report
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_bench_norm_runs_every_timing_path(tmp_path):
+    """The CUDA-only parts (streams, graph capture of a backward alone, the copy ceiling, the JSON) on one small
+    shape, before a long run depends on them."""
+    out = tmp_path / "norm.json"
+    argv = ["--hidden", "768", "--rows", "4096", "--reps", "2", "--step-hidden", "256", "--json", str(out)]
+    assert bench_norm.main(argv) == 0
+    record = json.loads(out.read_text())
+    assert {case["mode"] for case in record["norm"]} == set(bench_norm.MODES)
+    for case in record["norm"]:
+        assert not case["errors"] and case["kernel_ms"]["normgpt"] > 0 and case["call_ms"]["normgpt"] > 0
+    assert record["prenorm_step"] and record["kernel_choices"]["choices"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_bench_step_runs_the_124m_model(tmp_path):
+    out = tmp_path / "step.json"
+    argv = ["--modes", "eager", "--steps", "1", "--warmup", "1", "--batch-size", "1", "--seq-len", "128"]
+    assert bench_step.main([*argv, "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert {r["variant"] for r in record["results"]} == set(bench_step.VARIANTS)
+    assert all(r["mfu"] > 0 for r in record["results"])
