@@ -38,6 +38,7 @@ import math
 import os
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton
 
 from .rmsnorm_kernels import HAS_TRITON
@@ -121,6 +122,12 @@ def _alloc(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def _static_shape(t2: torch.Tensor) -> tuple[int, int]:
+    """(rows, columns) as Python ints. Launch configurations and grids are chosen per shape, so a torch.compile
+    graph traced with symbolic sizes specializes on them here (a guard per shape, as a static graph has)."""
+    return int(t2.shape[0]), int(t2.shape[1])
+
+
 def _as_rows(t: torch.Tensor) -> torch.Tensor:
     """(..., N) -> (M, N) with a unit column stride; a view whenever the leading dims can be merged."""
     if t.stride(-1) != 1:
@@ -140,19 +147,20 @@ def _device_info(device: torch.device) -> tuple[str, int]:
 def _launch_device(x: torch.Tensor):
     """Triton launches on the current CUDA device, which need not be x's in a multi-GPU process. Not needed (and
     not possible without a GPU) while torch.compile traces with fake tensors."""
-    if x.is_cuda and not torch._subclasses.fake_tensor.is_fake(x):
+    if x.is_cuda and not is_fake(x):
         return torch.cuda.device(x.device)
     return contextlib.nullcontext()
 
 
 @contextlib.contextmanager
-def _real_tensors():
-    """Measuring needs real scratch tensors and direct kernel launches, also while torch.compile traces the ops
-    with fake tensors (it calls them to learn their outputs' shapes, and that is when a configuration is chosen)."""
+def _real_tensors(device: torch.device):
+    """Measuring needs real scratch tensors and direct kernel launches on `device`, also while torch.compile
+    traces the ops with fake tensors (it calls them to learn their outputs' shapes, and that is when a
+    configuration is chosen)."""
     from torch._library.triton import set_wrap_triton_enabled
     from torch.utils._python_dispatch import _disable_current_modes
 
-    with _disable_current_modes(), set_wrap_triton_enabled(False), torch.no_grad():
+    with _disable_current_modes(), set_wrap_triton_enabled(False), torch.no_grad(), torch.cuda.device(device):
         yield
 
 
@@ -162,7 +170,7 @@ def _real_tensors():
 
 
 def _launch_fwd(config: KernelConfig, x2, r2, weight, y, h, rstd, eps: float, has_residual: bool) -> None:
-    n_rows, n_cols = x2.shape
+    n_rows, n_cols = _static_shape(x2)
     wrap_triton(rms_norm_fwd_kernel)[(triton.cdiv(n_rows, config.rows),)](
         x2,
         r2,
@@ -199,7 +207,7 @@ def _column_sum_blocks(n_cols: int) -> tuple[int, int]:
 
 
 def _launch_bwd(config: KernelConfig, dy2, x2, weight, rstd, dres2, dx, dw_partial, dw, has_dres: bool) -> None:
-    n_rows, n_cols = x2.shape
+    n_rows, n_cols = _static_shape(x2)
     wrap_triton(rms_norm_bwd_kernel)[(dw_partial.shape[0],)](
         dy2,
         x2,
@@ -236,7 +244,7 @@ def _measurable(device: torch.device, n_rows: int, n_cols: int) -> bool:
 
 
 def _fwd_config(x2, residual2, weight, h_dtype: torch.dtype, eps: float) -> KernelConfig:
-    n_rows, n_cols = x2.shape
+    n_rows, n_cols = _static_shape(x2)
     device = x2.device
     bucket = next_pow2(n_rows)
     r_dtype = residual2.dtype if residual2 is not None else None
@@ -246,7 +254,7 @@ def _fwd_config(x2, residual2, weight, h_dtype: torch.dtype, eps: float) -> Kern
         return forward_space(n_cols, bucket, x2.element_size())
 
     def measure(config: KernelConfig) -> float:
-        with _real_tensors():
+        with _real_tensors(device):
             if not scratch:
                 make = functools.partial(torch.randn, n_rows, n_cols, device=device)
                 w = torch.ones(n_cols, dtype=weight.dtype, device=device)
@@ -260,7 +268,7 @@ def _fwd_config(x2, residual2, weight, h_dtype: torch.dtype, eps: float) -> Kern
 
 
 def _bwd_config(x2, weight, has_dres: bool, dres_dtype: torch.dtype | None) -> KernelConfig:
-    n_rows, n_cols = x2.shape
+    n_rows, n_cols = _static_shape(x2)
     device = x2.device
     bucket = next_pow2(n_rows)
     key = ("bwd", _device_info(device)[0], n_cols, bucket, x2.dtype, weight.dtype, dres_dtype)
@@ -269,7 +277,7 @@ def _bwd_config(x2, weight, has_dres: bool, dres_dtype: torch.dtype | None) -> K
         return backward_space(n_cols, bucket, x2.element_size(), has_dres)
 
     def measure(config: KernelConfig) -> float:
-        with _real_tensors():
+        with _real_tensors(device):
             if not scratch:
                 make = functools.partial(torch.randn, n_rows, n_cols, device=device)
                 rstd = torch.rand(n_rows, device=device) + 0.5

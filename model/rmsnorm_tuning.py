@@ -10,8 +10,9 @@ space is a small product of those axes, pruned by rules with a reason each (see 
 Which configuration runs for a given kernel, device, row width, row count (rounded up to a power of two) and
 dtypes is decided once per process, in this order:
 
-1. pinned: ``pin_choices(record)`` with a record of an earlier run, so a resumed run computes exactly what the
-   uninterrupted one would have (dW's summation order depends on the configuration);
+1. pinned: ``Tuner.pin(record)`` (``pin_kernel_choices`` in rmsnorm_triton.py) with a record of an earlier run,
+   so a resumed run computes exactly what the uninterrupted one would have (the configuration decides the order
+   of the row reductions and of dW's summation);
 2. this process's earlier choice for the same key;
 3. the persistent cache file (``cache_path()``), written by an earlier measurement on this kind of device;
 4. measurement: every configuration of the space is timed on scratch tensors of the real shape (CUDA only, for
@@ -46,7 +47,7 @@ import torch
 
 VECTOR_BYTES = 16  # one 128-bit load or store per thread: the widest the hardware issues
 FWD_WARPS = (2, 4, 8, 16, 32)
-BWD_WARPS = (4, 8, 16, 32)  # the backward's reductions per tile are heavier; 2-warp programs only where forced
+BWD_WARPS = (4, 8, 16, 32)  # heavier reductions per tile; one warp only for rows shorter than a warp's vectors
 MAX_ROWS = 128  # rows per tile; more buys nothing once a tile holds thousands of elements
 # The backward packs several rows into a tile only up to this many bytes per tensor (a single row may be longer):
 # beyond it, more rows per tile only trade programs per SM for registers.
@@ -56,19 +57,21 @@ BWD_MAX_TILE_BYTES = 8192
 FWD_VECTORS_PER_THREAD = (1, 2, 4)
 BWD_VECTORS_PER_THREAD = (1, 2)
 # Longest row (after rounding up to a power of two) a single pass keeps in registers; longer rows run in chunks
-# of *_CHUNK_N columns, two passes per row. Set from the register check: one step further spills.
+# of FWD_CHUNK_N columns (forward) or BWD_CHUNK_BYTES (backward), two passes per row. Set from the register check:
+# one step further spills.
 FWD_MAX_FUSED_N = 16384
 BWD_MAX_FUSED_N = 8192
 FWD_CHUNK_N = 8192
-BWD_CHUNK_N = 4096
+BWD_CHUNK_BYTES = 8192  # 4096 bf16 or 2048 float32 elements: one vector per thread on 16 warps
 # Pipeline depths. The forward's single pass has no loop to pipeline; its chunk loops and the backward's tile
 # loop do (Triton turns the loads of the next iterations into cp.async copies into shared memory).
 FWD_CHUNK_STAGES = (1, 2)
 BWD_STAGES = (1, 2, 3)
 BWD_CHUNK_STAGES = (1, 2)
 # Resident warps per SM the persistent backward aims for, for one 16-byte vector per thread; programs per SM =
-# this / (warps per program * vectors per thread). The backward needs 64-84 registers per thread at one vector
-# and 103-119 at two (scripts/check_kernel_registers.py), so an SM holds at most ~32 or ~16 of its warps.
+# this / (warps per program * vectors per thread). The backward needs about 64-80 registers per thread at one
+# bf16 vector and up to 118 at two (scripts/check_kernel_registers.py), so an SM holds at most ~32 or ~16 of its
+# warps.
 BWD_RESIDENT_WARPS = (16, 32)
 MAX_PROGRAMS_PER_SM = 16
 SMEM_PER_SM = 200 * 1024  # of Hopper's 228 KiB, leaving room for the reductions' scratch
@@ -151,10 +154,10 @@ def _bwd_allowed(rows: int, warps: int, vectors: int) -> bool:
 
 
 def _bwd_chunk_allowed(rows: int, warps: int, vectors: int) -> bool:
-    return vectors == 1
+    return vectors == 1 and warps <= 16  # 32 warps spill in the chunk loops (Triton 3.6, float32)
 
 
-def _ordered(space: list[KernelConfig], vector: int, prefer: KernelConfig) -> list[KernelConfig]:
+def _ordered(space: list[KernelConfig], prefer: KernelConfig) -> list[KernelConfig]:
     """The space with the default first: the configuration nearest (in log2 steps) to ``prefer``'s elements per
     thread, warps, stages and resident warps, ties broken by the fields, so the order is stable."""
 
@@ -188,14 +191,14 @@ def forward_space(n_cols: int, n_rows: int, itemsize: int) -> list[KernelConfig]
         tiles = _tiles(block_n, n_rows, vector, FWD_WARPS, FWD_VECTORS_PER_THREAD, MAX_ROWS * block_n, allowed)
         space = [KernelConfig(block_n, rows, warps) for rows, warps in tiles]
         if space:  # else the row is too long for any tile the register rules allow (float32 at 16384)
-            return _ordered(space, vector, KernelConfig(block_n=32 * 4 * 2 * vector, rows=1, num_warps=4))
+            return _ordered(space, KernelConfig(block_n=32 * 4 * 2 * vector, rows=1, num_warps=4))
     chunk = FWD_CHUNK_N
     space = [
         KernelConfig(chunk, 1, warps, stages)
         for rows, warps in _tiles(chunk, 1, vector, FWD_WARPS, FWD_VECTORS_PER_THREAD, chunk, _fwd_allowed)
         for stages in FWD_CHUNK_STAGES
     ]
-    return _ordered(space, vector, KernelConfig(chunk, 1, max(1, chunk // (32 * 2 * vector)), 2))
+    return _ordered(space, KernelConfig(chunk, 1, max(1, chunk // (32 * 2 * vector)), 2))
 
 
 def _bwd_smem(config: KernelConfig, itemsize: int, has_dres: bool) -> int:
@@ -217,7 +220,7 @@ def backward_space(n_cols: int, n_rows: int, itemsize: int, has_dres: bool) -> l
     tiles = _tiles(block_n, n_rows, vector, BWD_WARPS, BWD_VECTORS_PER_THREAD, max_tile, _bwd_allowed)
     stages_choices = BWD_STAGES
     if block_n > BWD_MAX_FUSED_N or not tiles:
-        block_n = BWD_CHUNK_N
+        block_n = BWD_CHUNK_BYTES // itemsize
         tiles = _tiles(block_n, 1, vector, BWD_WARPS, BWD_VECTORS_PER_THREAD, block_n, _bwd_chunk_allowed)
         stages_choices = BWD_CHUNK_STAGES
     space = []
@@ -230,7 +233,7 @@ def backward_space(n_cols: int, n_rows: int, itemsize: int, has_dres: bool) -> l
                 if per_sm * _bwd_smem(config, itemsize, has_dres) <= SMEM_PER_SM:
                     space.append(config)
     prefer = KernelConfig(block_n=32 * 4 * vector, rows=1, num_warps=4, num_stages=2, programs_per_sm=8)
-    return _ordered(space, vector, prefer)
+    return _ordered(space, prefer)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -238,7 +241,6 @@ def backward_space(n_cols: int, n_rows: int, itemsize: int, has_dres: bool) -> l
 # ----------------------------------------------------------------------------------------------------------------
 
 MEASURE_MIN_ELEMENTS = 1 << 20  # below ~2 MB a call is launch-bound: any configuration of the space will do
-SOURCES = ("pinned", "cache", "measured", "default")
 
 
 def key_name(key: tuple) -> str:
@@ -270,7 +272,7 @@ def kernels_version() -> str:
 @dataclasses.dataclass
 class Choice:
     config: KernelConfig
-    source: str  # one of SOURCES
+    source: str  # "pinned", "cache", "measured" or "default"
     timings_ms: dict[str, float] | None = None  # per configuration, when measured
 
 

@@ -431,7 +431,7 @@ def tiny_chunks(monkeypatch):
     monkeypatch.setattr(tuning, "FWD_MAX_FUSED_N", 64)
     monkeypatch.setattr(tuning, "FWD_CHUNK_N", 32)
     monkeypatch.setattr(tuning, "BWD_MAX_FUSED_N", 64)
-    monkeypatch.setattr(tuning, "BWD_CHUNK_N", 16)
+    monkeypatch.setattr(tuning, "BWD_CHUNK_BYTES", 32)  # 16 bf16 or 8 float32 elements
 
 
 @needs_kernels
@@ -965,6 +965,18 @@ def test_gpu_inductor_compiles_without_graph_breaks():
     x, residual, _, _, _ = make_inputs((4, 512, 1024), f32, f32)
     compiled = torch.compile(block, fullgraph=True)
     torch.testing.assert_close(compiled(x, residual), block(x, residual))
+
+
+@gpu
+@needs_cuda
+def test_gpu_inductor_with_dynamic_shapes():
+    """Sizes traced as symbols are specialized where the launch configuration is chosen, not a tracing error."""
+    torch._dynamo.reset()
+    block = PreNormBlock(256).cuda()
+    compiled = torch.compile(block, fullgraph=True, dynamic=True)
+    for rows in (64, 96):
+        x, residual, _, _, _ = make_inputs((2, rows, 256), f32, f32)
+        torch.testing.assert_close(compiled(x, residual), block(x, residual))
 
 
 @gpu
