@@ -25,7 +25,6 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-os.environ.pop("TRITON_INTERPRET", None)  # compiled kernels, not interpreted ones
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python scripts/check_kernel_registers.py` from a clone
     sys.path.insert(0, str(REPO))
@@ -167,6 +166,10 @@ def summarize(results: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") == "1":
+        print("check_kernel_registers: run it in a process without TRITON_INTERPRET=1", file=sys.stderr)
+        return 2
+    os.environ.pop("TRITON_INTERPRET", None)  # compiled kernels, not interpreted ones (read when triton loads)
     from model import rmsnorm_triton as rt
 
     if not rt.HAS_TRITON:

@@ -1,6 +1,7 @@
 """The benchmark scripts run as they would on a GPU, on CPU tensors: every implementation bench_norm.py times is
-called with the arguments its timing loops pass, every mode; bench_step.py's smoke mode trains each variant a step.
-Speed is never asserted here (the scripts measure it); crashes and wrong results are."""
+called with the arguments its timing loops pass, every mode; bench_step.py's smoke mode trains each variant a step;
+check_kernel_registers.py describes every kernel it would compile. Speed is never asserted here (the scripts
+measure it); crashes and wrong results are."""
 
 import importlib.util
 import json
@@ -24,6 +25,7 @@ def load_script(name: str):
 
 bench_norm = load_script("bench_norm")
 bench_step = load_script("bench_step")
+check_registers = load_script("check_kernel_registers")
 needs_kernels = pytest.mark.skipif(not kernels.triton_can_run(torch.empty(0)), reason="needs the Triton interpreter")
 
 
@@ -58,6 +60,44 @@ def test_the_prenorm_step_variants_run_with_the_step_runner():
     for name, add_norm in bench_norm.prenorm_variants(kernels, EPS, compile_backend="aot_eager").items():
         bench_norm.prenorm_runner(add_norm, linear, w)(sets[0])
         assert torch.isfinite(w.grad).all(), name
+
+
+def test_the_register_check_covers_every_configuration_with_the_kernels_signatures():
+    """Compiling takes minutes, so CI checks what would be compiled: every configuration of every space, each with a
+    signature that names exactly the kernel's parameters, as a launch would specialize them."""
+    from model import rmsnorm_tuning as tuning
+
+    jobs = check_registers.jobs_for([768, 1000, 65536], ["bf16", "fp32"])
+    for n in (768, 1000, 65536):
+        for itemsize, dtype in ((2, "bf16"), (4, "fp32")):
+            fwd = {
+                (j["config"]["block_n"], j["config"]["rows"], j["config"]["num_warps"], j["config"]["num_stages"])
+                for j in jobs
+                if j["kernel"] == "fwd" and j["n"] == n and j["dtype"] == dtype
+            }
+            space = tuning.forward_space(n, check_registers.ROWS, itemsize)
+            assert fwd == {(c.block_n, c.rows, c.num_warps, c.num_stages) for c in space}
+            for residual in (False, True):
+                asked = {
+                    (
+                        j["config"]["block_n"],
+                        j["config"]["rows"],
+                        j["config"]["num_warps"],
+                        j["config"]["num_stages"],
+                        p,
+                    )
+                    for j in jobs
+                    if j["kernel"] == "bwd" and j["n"] == n and j["dtype"] == dtype and j["residual"] == residual
+                    for p in j["per_sm"]
+                }
+                space = tuning.backward_space(n, check_registers.ROWS, itemsize, residual)
+                assert asked == {(c.block_n, c.rows, c.num_warps, c.num_stages, c.programs_per_sm) for c in space}
+    for job in jobs:
+        fn, signature, constexprs, attrs = check_registers._signature(job)
+        assert list(signature) == fn.arg_names and set(constexprs) <= set(signature)
+        assert all(signature[name] == "constexpr" for name in constexprs)
+        unaligned = {fn.arg_names[i] for (i,) in attrs} - {n for n, t in signature.items() if t.startswith("*")}
+        assert not unaligned if job["n"] == 1000 else unaligned
 
 
 def test_bytes_are_counted_once_per_tensor():
