@@ -330,7 +330,7 @@ def _rms_norm_bwd(
     _check_inputs(x, weight, dresidual, dy)
     x2 = _as_rows(x)  # (M, N)
     dy2 = _as_rows(dy)  # (M, N); may be a stride-0 broadcast along rows, which the kernel reads fine
-    n_rows, n_cols = x2.shape
+    n_rows, n_cols = _static_shape(x2)
     dx = _alloc(x.shape, x.dtype, x.device)
     if n_rows == 0:
         return dx, torch.zeros_like(weight)
