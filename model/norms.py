@@ -26,6 +26,24 @@ from transformers import initialization as init
 
 from .rmsnorm_triton import HAS_TRITON, fused_add_rms_norm, fused_rms_norm, rms_norm_reference, triton_can_run
 
+# rms_impl=auto, by measurement: for eager and for compiled execution, the row widths from which the fused Triton
+# kernel beats the PyTorch path there (None: at no width). From the first GPU measurements (one H200, torch 2.11,
+# Triton 3.6, bf16; the decision and its numbers are in docs/benchmarks.md):
+# - eager, the PyTorch path is several kernels: the fused kernel wins at every width measured (forward 8.6-12.8x,
+#   forward+backward 2.0-12.5x at N = 1024-32768, 32768 rows), and the 124M step runs 237k against 208k tokens/s;
+# - compiled, inductor fuses the PyTorch path into its neighbours, and it wins at every width measured
+#   (forward+backward 0.48-0.98x for the old kernel at N = 1024-32768) and in the 124M step (405k against 386k
+#   tokens/s), so `rms` compiled is never slower than with rms_impl=torch: it is the same graph.
+# Re-measure with scripts/bench_step.py and scripts/bench_norm.py after a kernel change; a width where the kernel
+# wins compiled becomes a threshold here.
+AUTO_KERNEL_FROM_WIDTH = {"eager": 1, "compiled": None}
+
+
+def auto_uses_kernel(width: int, device_type: str, compiling: bool) -> bool:
+    """Whether rms_impl=auto runs the fused kernel for rows of `width` on `device_type` (only CUDA has it)."""
+    threshold = AUTO_KERNEL_FROM_WIDTH["compiled" if compiling else "eager"]
+    return device_type == "cuda" and threshold is not None and width >= threshold
+
 
 class Norm(nn.Module):
     """A norm layer of the residual stream.
@@ -72,8 +90,9 @@ class RMSNorm(Norm):
       model multiplies in bf16; the result has the input's dtype.
     There is no mean subtraction and no bias: that is the whole difference from LayerNorm.
 
-    `impl` picks the kernel, never the numerics: `auto` runs the fused Triton kernel for CUDA tensors when Triton is
-    installed and PyTorch otherwise, `triton` forces the kernel (an error where it cannot run), `torch` forces PyTorch.
+    `impl` picks the kernel, never the numerics: `auto` takes whichever path `auto_uses_kernel` says was measured
+    faster for the row width and for eager or compiled execution, `triton` forces the fused Triton kernel (an error
+    where it cannot run), `torch` forces PyTorch.
     """
 
     numerics = (
@@ -91,7 +110,7 @@ class RMSNorm(Norm):
         if self.impl == "torch":
             return False
         if self.impl == "auto":
-            return HAS_TRITON and x.is_cuda
+            return HAS_TRITON and auto_uses_kernel(x.shape[-1], x.device.type, torch.compiler.is_compiling())
         if not triton_can_run(x):
             raise RuntimeError(
                 f"rms_impl='triton' cannot run on a {x.device.type} tensor here: it needs Triton and a CUDA device "
@@ -303,6 +322,7 @@ __all__ = [
     "Norm",
     "PartialRMSNorm",
     "RMSNorm",
+    "auto_uses_kernel",
     "build_norm",
     "describe_norms",
     "norm_eps",

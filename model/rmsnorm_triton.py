@@ -1,7 +1,6 @@
-"""Fused RMSNorm (and residual-add + RMSNorm) in Triton, with Llama numerics.
-
-RMSNorm is memory-bound: the floor is one read of the input and one write of the output. The kernels here
-keep to that floor where registers allow, and say where they cannot.
+"""Fused RMSNorm (and residual-add + RMSNorm) with Llama numerics: host launchers, torch.library ops, autograd and
+the public API. The Triton kernels are in ``rmsnorm_kernels.py``, the choice of their launch configurations in
+``rmsnorm_tuning.py``.
 
 Numerics (identical to ``rms_norm_reference`` below, i.e. Hugging Face ``LlamaRMSNorm``):
 
@@ -18,296 +17,68 @@ For the fused add, ``h = x + residual`` is computed in float32 and rounded to Py
 (x's dtype when the two match, float32 for a bf16 x and a float32 residual stream), written once, and that
 rounded ``h`` is what gets normalized; y then has h's dtype, as ``add_rms_norm_reference`` gives.
 
-Layout: ``@triton.jit`` kernels, then host launchers, then the ``torch.library`` custom ops and autograd glue,
-then the public API. This file is self-contained on purpose: it is copied next to saved Hugging Face
-checkpoints as remote code, so it imports nothing from the rest of the project and imports cleanly without
-Triton (``HAS_TRITON`` is then False and only the PyTorch reference functions are usable).
+Determinism: results are bit-for-bit reproducible for a given launch configuration. The configuration is chosen by
+measurement per shape (``rmsnorm_tuning.py``) and changes the order of the row reductions and of dW's summation,
+so ``kernel_choices()`` reports the choices a process made and ``pin_kernel_choices()`` makes a later process
+(a resumed run) use the same ones.
+
+torch.compile: with compiled Triton the ops are ``torch.library.triton_op``s, so the compiler sees the Triton
+kernels themselves (no graph break, no opaque call; inductor launches them from its generated code, with the
+configuration chosen here, but does not fuse neighbouring ops into them). Under the Triton interpreter (CPU tests)
+they are opaque ``custom_op``s, because an interpreted kernel cannot be traced.
+
+This file is copied next to saved Hugging Face checkpoints as remote code, with its two siblings: it imports only
+the library and them, and imports cleanly without Triton (``HAS_TRITON`` is then False and only the PyTorch
+reference functions are usable).
 """
 
 import contextlib
 import functools
+import math
 import os
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
+from torch.library import wrap_triton
 
-try:
-    import triton
-    import triton.language as tl
+from .rmsnorm_kernels import HAS_TRITON
+from .rmsnorm_tuning import (
+    MEASURE_MIN_ELEMENTS,
+    KernelConfig,
+    Tuner,
+    backward_space,
+    can_measure,
+    forward_space,
+    kernels_version,
+    measure_with,
+    next_pow2,
+)
 
-    HAS_TRITON = True
-except ImportError:  # CPU-only installs, macOS, or a checkpoint loaded where triton is absent
-    triton = None
-    tl = None
-    HAS_TRITON = False
+if HAS_TRITON:
+    from .rmsnorm_kernels import dw_column_sum_kernel, rms_norm_bwd_kernel, rms_norm_fwd_kernel, triton
+
+    # TRITON_INTERPRET=1 at import time makes @triton.jit return interpreted functions that run on CPU tensors.
+    INTERPRETED = type(rms_norm_fwd_kernel).__name__ == "InterpretedFunction"
+    TUNER = Tuner(f"triton {triton.__version__}, kernels {kernels_version()}")
+else:
+    INTERPRETED = False
+    TUNER = Tuner("no triton")
 
 __all__ = [
     "HAS_TRITON",
     "add_rms_norm_reference",
     "fused_add_rms_norm",
     "fused_rms_norm",
+    "kernel_choices",
+    "pin_kernel_choices",
     "rms_norm_reference",
     "triton_can_run",
 ]
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Kernels
+# Inputs and buffers
 # ----------------------------------------------------------------------------------------------------------------
-
-if HAS_TRITON:
-
-    @triton.jit
-    def _load_h(X, R, x_offs, r_offs, mask, HAS_RESIDUAL: tl.constexpr, H_DTYPE: tl.constexpr):
-        """The row values to normalize: x, or x + residual rounded to H_DTYPE (PyTorch's dtype for x + residual)."""
-        h = tl.load(X + x_offs, mask=mask, other=0.0)
-        if HAS_RESIDUAL:
-            r = tl.load(R + r_offs, mask=mask, other=0.0)
-            h = (h.to(tl.float32) + r.to(tl.float32)).to(H_DTYPE)
-        return h
-
-    @triton.jit
-    def _rms_norm_fwd_kernel(
-        X,  # (n_rows, n_cols) input, row stride stride_x
-        R,  # (n_rows, n_cols) residual, row stride stride_r; unused unless HAS_RESIDUAL
-        W,  # (n_cols,) weight in any float dtype; products are taken in float32
-        Y,  # (n_rows, n_cols) output, contiguous, in h's dtype (x's without a residual)
-        H,  # (n_rows, n_cols) x + residual, contiguous; unused unless HAS_RESIDUAL
-        RSTD,  # (n_rows,) float32, saved for the backward
-        stride_x,
-        stride_r,
-        n_rows,
-        n_cols,
-        eps: tl.float32,
-        HAS_RESIDUAL: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        ROWS: tl.constexpr,
-        SINGLE_PASS: tl.constexpr,
-    ):
-        # One program normalizes a [ROWS, BLOCK_N] tile. Small rows are packed several to a program so that
-        # every thread still has a few vector loads in flight.
-        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-        row_mask = rows < n_rows
-        rows = rows.to(tl.int64)  # row * stride overflows int32 beyond 2**31 elements
-        cols = tl.arange(0, BLOCK_N)
-        x_rows = rows[:, None] * stride_x
-        r_rows = rows[:, None] * stride_r
-        out_rows = rows[:, None] * n_cols
-
-        if SINGLE_PASS:
-            # The whole row lives in registers: exactly one read of x (and residual) and one write of y (and h).
-            col_mask = cols < n_cols
-            mask = row_mask[:, None] & col_mask[None, :]
-            h = _load_h(X, R, x_rows + cols[None, :], r_rows + cols[None, :], mask, HAS_RESIDUAL, Y.dtype.element_ty)
-            if HAS_RESIDUAL:
-                tl.store(H + out_rows + cols[None, :], h, mask=mask)
-            hf = h.to(tl.float32)
-            rstd = tl.rsqrt(tl.sum(hf * hf, axis=1) / n_cols + eps)
-            w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
-            y = (hf * rstd[:, None]).to(Y.dtype.element_ty).to(tl.float32) * w[None, :]
-            tl.store(Y + out_rows + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
-        else:
-            # The row is too long for registers. Pass 1 accumulates the sum of squares chunk by chunk (and writes
-            # h); pass 2 re-reads the row, which was touched a moment ago and is normally still in L2.
-            acc = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
-            for start in range(0, n_cols, BLOCK_N):
-                c = start + cols
-                mask = row_mask[:, None] & (c < n_cols)[None, :]
-                h = _load_h(X, R, x_rows + c[None, :], r_rows + c[None, :], mask, HAS_RESIDUAL, Y.dtype.element_ty)
-                if HAS_RESIDUAL:
-                    tl.store(H + out_rows + c[None, :], h, mask=mask)
-                hf = h.to(tl.float32)
-                acc += hf * hf
-            rstd = tl.rsqrt(tl.sum(acc, axis=1) / n_cols + eps)
-            for start in range(0, n_cols, BLOCK_N):
-                c = start + cols
-                mask = row_mask[:, None] & (c < n_cols)[None, :]
-                # Recompute h from x and residual rather than reading back H: reading global memory written by
-                # other threads of this program would need a barrier, and the add is bit-identical each time.
-                h = _load_h(X, R, x_rows + c[None, :], r_rows + c[None, :], mask, HAS_RESIDUAL, Y.dtype.element_ty)
-                w = tl.load(W + c, mask=c < n_cols, other=0.0).to(tl.float32)
-                y = (h.to(tl.float32) * rstd[:, None]).to(Y.dtype.element_ty).to(tl.float32) * w[None, :]
-                tl.store(Y + out_rows + c[None, :], y.to(Y.dtype.element_ty), mask=mask)
-
-        tl.store(RSTD + rows, rstd, mask=row_mask)
-
-    @triton.jit
-    def _rms_norm_bwd_kernel(
-        DY,  # (n_rows, n_cols) upstream gradient of y, row stride stride_dy
-        X,  # (n_rows, n_cols) the tensor that was normalized (x, or h for the fused add), row stride stride_x
-        W,  # (n_cols,)
-        RSTD,  # (n_rows,) float32 from the forward
-        DRES,  # (n_rows, n_cols) extra gradient added to dx (grad of h for the fused add); unused unless HAS_DRES
-        DX,  # (n_rows, n_cols) output, contiguous
-        DW_PARTIAL,  # (num_programs, n_cols) float32: one private row of dW partial sums per program
-        stride_dy,
-        stride_x,
-        stride_dres,
-        n_rows,
-        n_cols,
-        HAS_DRES: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        ROWS: tl.constexpr,
-        SINGLE_PASS: tl.constexpr,
-    ):
-        # Persistent: a fixed grid of a few programs per SM walks the row tiles, so dW needs only one float32
-        # partial row per program (reduced on the host with .sum(0)) instead of atomics or an (n_rows, n_cols)
-        # buffer. With x_hat = x * rstd and g = dy * w:
-        #   dx = rstd * (g - x_hat * mean(g * x_hat)),   dw = sum over rows of dy * x_hat
-        pid = tl.program_id(0)
-        num_programs = tl.num_programs(0)
-        num_tiles = tl.cdiv(n_rows, ROWS)
-        cols = tl.arange(0, BLOCK_N)
-        dw_row = DW_PARTIAL + pid.to(tl.int64) * n_cols
-
-        if SINGLE_PASS:
-            col_mask = cols < n_cols
-            w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
-            dw_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-            for tile in range(pid, num_tiles, num_programs):
-                rows = tile * ROWS + tl.arange(0, ROWS)
-                row_mask = rows < n_rows
-                rows = rows.to(tl.int64)
-                mask = row_mask[:, None] & col_mask[None, :]
-                x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-                dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-                rstd = tl.load(RSTD + rows, mask=row_mask, other=0.0)
-                x_hat = x * rstd[:, None]
-                g = dy * w[None, :]
-                mean_gx = tl.sum(g * x_hat, axis=1) / n_cols
-                dx = (g - x_hat * mean_gx[:, None]) * rstd[:, None]
-                if HAS_DRES:
-                    dres = tl.load(DRES + rows[:, None] * stride_dres + cols[None, :], mask=mask, other=0.0)
-                    dx += dres.to(tl.float32)
-                tl.store(DX + rows[:, None] * n_cols + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
-                dw_acc += tl.sum(dy * x_hat, axis=0)  # padded rows have dy = 0 and add nothing
-            # Stored even by a program that got no tile, so the host never sums uninitialized memory.
-            tl.store(dw_row + cols, dw_acc, mask=col_mask)
-        else:
-            # Long rows: a whole row of dw cannot stay in registers, so each program accumulates into its own
-            # DW_PARTIAL row in global memory: private, so no atomics, and at 4*N bytes per program usually
-            # L2-resident. Pass 2 re-reads x and dy, which pass 1 has just pulled into L2. Both extra streams are
-            # L2 traffic on paper; whether they stay off HBM at N = 65536 is what the benchmark measures.
-            for start in range(0, n_cols, BLOCK_N):
-                c = start + cols
-                tl.store(dw_row + c, tl.zeros((BLOCK_N,), dtype=tl.float32), mask=c < n_cols)
-            tl.debug_barrier()  # see the barrier at the end of the tile loop
-            for tile in range(pid, num_tiles, num_programs):
-                rows = tile * ROWS + tl.arange(0, ROWS)
-                row_mask = rows < n_rows
-                rows = rows.to(tl.int64)
-                rstd = tl.load(RSTD + rows, mask=row_mask, other=0.0)
-                acc = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
-                for start in range(0, n_cols, BLOCK_N):
-                    c = start + cols
-                    mask = row_mask[:, None] & (c < n_cols)[None, :]
-                    x = tl.load(X + rows[:, None] * stride_x + c[None, :], mask=mask, other=0.0).to(tl.float32)
-                    dy = tl.load(DY + rows[:, None] * stride_dy + c[None, :], mask=mask, other=0.0).to(tl.float32)
-                    w = tl.load(W + c, mask=c < n_cols, other=0.0).to(tl.float32)
-                    acc += dy * w[None, :] * x
-                mean_gx = tl.sum(acc, axis=1) * rstd / n_cols  # mean(g * x_hat)
-                for start in range(0, n_cols, BLOCK_N):
-                    c = start + cols
-                    mask = row_mask[:, None] & (c < n_cols)[None, :]
-                    x = tl.load(X + rows[:, None] * stride_x + c[None, :], mask=mask, other=0.0).to(tl.float32)
-                    dy = tl.load(DY + rows[:, None] * stride_dy + c[None, :], mask=mask, other=0.0).to(tl.float32)
-                    w = tl.load(W + c, mask=c < n_cols, other=0.0).to(tl.float32)
-                    x_hat = x * rstd[:, None]
-                    dx = (dy * w[None, :] - x_hat * mean_gx[:, None]) * rstd[:, None]
-                    if HAS_DRES:
-                        dres = tl.load(DRES + rows[:, None] * stride_dres + c[None, :], mask=mask, other=0.0)
-                        dx += dres.to(tl.float32)
-                    tl.store(DX + rows[:, None] * n_cols + c[None, :], dx.to(DX.dtype.element_ty), mask=mask)
-                    dw = tl.load(dw_row + c, mask=c < n_cols, other=0.0)
-                    tl.store(dw_row + c, dw + tl.sum(dy * x_hat, axis=0), mask=c < n_cols)
-                # The next tile reads DW_PARTIAL back, possibly through different threads than the ones that
-                # wrote it; the barrier makes those global writes visible across the program.
-                tl.debug_barrier()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Launch heuristics and host launchers
-# ----------------------------------------------------------------------------------------------------------------
-
-# Every number below was checked against ptxas' register report for sm_90 (method in
-# docs/benchmarks.md): all configurations stay at or under 64 registers per thread with no spills, so 32 warps fit
-# on an SM, which _bwd_num_programs relies on. Tests lower the *_MAX_FUSED_N / *_CHUNK_N values to exercise the
-# chunked path at small N.
-#
-# Longest row kept entirely in registers; beyond it the kernels loop over *_CHUNK_N-wide chunks in two passes.
-# (A single-pass forward at 32768 or backward at 16384 spills.)
-FWD_MAX_FUSED_N = 16384
-BWD_MAX_FUSED_N = 8192
-FWD_CHUNK_N = 8192
-BWD_CHUNK_N = 4096
-# Elements per thread: the backward keeps x, dy, w and the dw accumulator live, twice the forward's footprint.
-FWD_ELEMENTS_PER_THREAD = 8
-BWD_ELEMENTS_PER_THREAD = 4
-# Rows shorter than this are packed several to a program so each thread still has full vector loads in flight.
-TILE_ELEMENTS = 2048
-# The interpreter runs programs one after another; a handful still exercises the dW partial reduction.
-INTERPRETER_PROGRAMS = 4
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def _launch_config(
-    n_rows: int, n_cols: int, max_fused_n: int, chunk_n: int, elements_per_thread: int
-) -> tuple[int, int, int, bool]:
-    """(BLOCK_N, ROWS, num_warps, SINGLE_PASS) for one launch.
-
-    BLOCK_N is the whole row rounded up to a power of two when it fits in registers (SINGLE_PASS), else the
-    chunk width. Short rows are packed ROWS to a tile of ~TILE_ELEMENTS; num_warps gives each thread
-    ~elements_per_thread elements of the tile (capped at 32 warps, so the longest single-pass rows give each
-    thread more).
-    """
-    single_pass = n_cols <= max_fused_n
-    block_n = _next_pow2(n_cols) if single_pass else _next_pow2(chunk_n)
-    rows = max(1, min(TILE_ELEMENTS // block_n, _next_pow2(n_rows)))
-    num_warps = min(32, max(1, rows * block_n // (32 * elements_per_thread)))
-    return block_n, rows, num_warps, single_pass
-
-
-def _fwd_config(n_rows: int, n_cols: int) -> tuple[int, int, int, bool]:
-    return _launch_config(n_rows, n_cols, FWD_MAX_FUSED_N, FWD_CHUNK_N, FWD_ELEMENTS_PER_THREAD)
-
-
-def _bwd_config(n_rows: int, n_cols: int) -> tuple[int, int, int, bool]:
-    return _launch_config(n_rows, n_cols, BWD_MAX_FUSED_N, BWD_CHUNK_N, BWD_ELEMENTS_PER_THREAD)
-
-
-@functools.cache
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def _bwd_num_programs(device: torch.device, num_tiles: int, num_warps: int) -> int:
-    if device.type != "cuda":
-        return max(1, min(INTERPRETER_PROGRAMS, num_tiles))
-    # A persistent program does not overlap the loads of its next tile with the math of the current one, so a
-    # single program per SM leaves bandwidth idle. Run enough to keep 32 warps resident (2 programs of 16 warps,
-    # 1 of 32): that fits in one wave at <= 64 registers per thread, and keeps the dW partial buffer small.
-    per_sm = max(1, 32 // num_warps)
-    return max(1, min(_sm_count(device.index or 0) * per_sm, num_tiles))
-
-
-def _alloc(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Every buffer a kernel must fully overwrite comes from here, so tests can poison them all with NaN."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _launch_device(x: torch.Tensor):
-    """Triton launches on the current CUDA device, which need not be x's in a multi-GPU process."""
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
-
-
-def _as_rows(t: torch.Tensor) -> torch.Tensor:
-    """(..., N) -> (M, N) with a unit column stride; a view whenever the leading dims can be merged."""
-    if t.stride(-1) != 1:
-        t = t.contiguous()
-    return t.reshape(-1, t.shape[-1])
-
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -315,7 +86,7 @@ _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def _check_inputs(
     x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None, dy: torch.Tensor | None = None
 ) -> None:
-    """Shared by the real and the fake kernels, so torch.compile reports bad inputs at trace time."""
+    """Run once per op call (and at trace time, so torch.compile reports bad inputs before running anything)."""
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"fused RMSNorm supports float32/bfloat16/float16 inputs, got {x.dtype}")
     if weight.dtype not in _FLOAT_DTYPES:
@@ -333,6 +104,11 @@ def _check_inputs(
         )
     if dy is not None and dy.shape != x.shape:
         raise ValueError(f"dy shape {tuple(dy.shape)} does not match x shape {tuple(x.shape)}")
+    if not triton_can_run(x):
+        raise RuntimeError(
+            f"fused RMSNorm kernels cannot run on a {x.device.type} tensor here (HAS_TRITON={HAS_TRITON}, "
+            f"interpreter={INTERPRETED}); use rms_norm_reference instead"
+        )
 
 
 def _normalized_dtype(x: torch.Tensor, residual: torch.Tensor | None) -> torch.dtype:
@@ -341,12 +117,185 @@ def _normalized_dtype(x: torch.Tensor, residual: torch.Tensor | None) -> torch.d
     return x.dtype if residual is None else torch.result_type(x, residual)
 
 
-def _require_triton(x: torch.Tensor) -> None:
-    if not triton_can_run(x):
-        raise RuntimeError(
-            f"fused RMSNorm kernels cannot run on a {x.device.type} tensor here (HAS_TRITON={HAS_TRITON}, "
-            f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')!r}); use rms_norm_reference instead"
-        )
+def _alloc(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Every buffer a kernel must fully overwrite comes from here, so tests can poison them all with NaN."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _static_shape(t2: torch.Tensor) -> tuple[int, int]:
+    """(rows, columns) as Python ints. Launch configurations and grids are chosen per shape, so a torch.compile
+    graph traced with symbolic sizes specializes on them here (a guard per shape, as a static graph has)."""
+    return int(t2.shape[0]), int(t2.shape[1])
+
+
+def _as_rows(t: torch.Tensor) -> torch.Tensor:
+    """(..., N) -> (M, N) with a unit column stride; a view whenever the leading dims can be merged."""
+    if t.stride(-1) != 1:
+        t = t.contiguous()
+    return t.reshape(-1, t.shape[-1])
+
+
+@functools.cache
+def _device_info(device: torch.device) -> tuple[str, int]:
+    """(name for the tuning key, SM count). The interpreter runs programs one by one: call it one 'SM'."""
+    if device.type != "cuda":
+        return "interpreter", 1
+    props = torch.cuda.get_device_properties(device)
+    return f"{props.name} ({props.multi_processor_count} SMs)", props.multi_processor_count
+
+
+def _launch_device(x: torch.Tensor):
+    """Triton launches on the current CUDA device, which need not be x's in a multi-GPU process. Not needed (and
+    not possible without a GPU) while torch.compile traces with fake tensors."""
+    if x.is_cuda and not is_fake(x):
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _real_tensors(device: torch.device):
+    """Measuring needs real scratch tensors and direct kernel launches on `device`, also while torch.compile
+    traces the ops with fake tensors (it calls them to learn their outputs' shapes, and that is when a
+    configuration is chosen)."""
+    from torch._library.triton import set_wrap_triton_enabled
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes(), set_wrap_triton_enabled(False), torch.no_grad(), torch.cuda.device(device):
+        yield
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launchers: one configuration, one set of tensors
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _launch_fwd(config: KernelConfig, x2, r2, weight, y, h, rstd, eps: float, has_residual: bool) -> None:
+    n_rows, n_cols = _static_shape(x2)
+    wrap_triton(rms_norm_fwd_kernel)[(triton.cdiv(n_rows, config.rows),)](
+        x2,
+        r2,
+        weight,
+        y,
+        h,
+        rstd,
+        x2.stride(0),
+        r2.stride(0),
+        n_rows,
+        n_cols,
+        eps,
+        HAS_RESIDUAL=has_residual,
+        BLOCK_N=config.block_n,
+        ROWS=config.rows,
+        SINGLE_PASS=config.block_n >= n_cols,
+        NUM_STAGES=config.num_stages,
+        num_warps=config.num_warps,
+    )
+
+
+def bwd_num_programs(config: KernelConfig, n_rows: int, device: torch.device) -> int:
+    """The persistent grid: programs_per_sm on every SM, never more programs than tiles."""
+    return max(1, min(triton.cdiv(n_rows, config.rows), config.programs_per_sm * _device_info(device)[1]))
+
+
+def _column_sum_blocks(n_cols: int) -> tuple[int, int]:
+    """(BLOCK_P, BLOCK_C) of the dW column sum: narrow column blocks so that ~100 programs share the partials even
+    at N = 768, each walking a [BLOCK_P, BLOCK_C] tile of 4096 float32 values down the partial rows. Each column's
+    summation order depends on BLOCK_P only, so the interpreter, whose cost is per program, takes all columns in
+    one program and computes the same sums."""
+    block_c = min(256, max(16, next_pow2(math.ceil(n_cols / 128))))
+    return 4096 // block_c, next_pow2(n_cols) if INTERPRETED else block_c
+
+
+def _launch_bwd(config: KernelConfig, dy2, x2, weight, rstd, dres2, dx, dw_partial, dw, has_dres: bool) -> None:
+    n_rows, n_cols = _static_shape(x2)
+    wrap_triton(rms_norm_bwd_kernel)[(dw_partial.shape[0],)](
+        dy2,
+        x2,
+        weight,
+        rstd,
+        dres2,
+        dx,
+        dw_partial,
+        dy2.stride(0),
+        x2.stride(0),
+        dres2.stride(0),
+        n_rows,
+        n_cols,
+        HAS_DRES=has_dres,
+        BLOCK_N=config.block_n,
+        ROWS=config.rows,
+        SINGLE_PASS=config.block_n >= n_cols,
+        NUM_STAGES=config.num_stages,
+        num_warps=config.num_warps,
+    )
+    block_p, block_c = _column_sum_blocks(n_cols)
+    wrap_triton(dw_column_sum_kernel)[(triton.cdiv(n_cols, block_c),)](
+        dw_partial, dw, dw_partial.shape[0], n_cols, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Choosing the configuration (rmsnorm_tuning.py decides; this part builds keys and measurements)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _measurable(device: torch.device, n_rows: int, n_cols: int) -> bool:
+    return n_rows * n_cols >= MEASURE_MIN_ELEMENTS and can_measure(device)
+
+
+def _fwd_config(x2, residual2, weight, h_dtype: torch.dtype, eps: float) -> KernelConfig:
+    n_rows, n_cols = _static_shape(x2)
+    device = x2.device
+    bucket = next_pow2(n_rows)
+    r_dtype = residual2.dtype if residual2 is not None else None
+    key = ("fwd", _device_info(device)[0], n_cols, bucket, x2.dtype, weight.dtype, r_dtype)
+
+    def space():
+        return forward_space(n_cols, bucket, x2.element_size())
+
+    def measure(config: KernelConfig) -> float:
+        with _real_tensors(device):
+            if not scratch:
+                make = functools.partial(torch.randn, n_rows, n_cols, device=device)
+                w = torch.ones(n_cols, dtype=weight.dtype, device=device)
+                scratch.extend([make(dtype=x2.dtype), make(dtype=r_dtype or x2.dtype), w, make(dtype=h_dtype)])
+                scratch.extend([make(dtype=h_dtype), torch.empty(n_rows, device=device)])
+            x, r, w, y, h, rstd = scratch
+            return measure_with(lambda: _launch_fwd(config, x, r, w, y, h, rstd, eps, residual2 is not None))
+
+    scratch: list[torch.Tensor] = []
+    return TUNER.choose(key, space, measure if _measurable(device, n_rows, n_cols) else None)
+
+
+def _bwd_config(x2, weight, has_dres: bool, dres_dtype: torch.dtype | None) -> KernelConfig:
+    n_rows, n_cols = _static_shape(x2)
+    device = x2.device
+    bucket = next_pow2(n_rows)
+    key = ("bwd", _device_info(device)[0], n_cols, bucket, x2.dtype, weight.dtype, dres_dtype)
+
+    def space():
+        return backward_space(n_cols, bucket, x2.element_size(), has_dres)
+
+    def measure(config: KernelConfig) -> float:
+        with _real_tensors(device):
+            if not scratch:
+                make = functools.partial(torch.randn, n_rows, n_cols, device=device)
+                rstd = torch.rand(n_rows, device=device) + 0.5
+                w = torch.ones(n_cols, dtype=weight.dtype, device=device)
+                scratch.extend([make(dtype=x2.dtype), make(dtype=x2.dtype), w, rstd])
+                scratch.extend([make(dtype=dres_dtype or x2.dtype), make(dtype=x2.dtype)])
+            dy, x, w, rstd, dres, dx = scratch
+            dw_partial = torch.empty(bwd_num_programs(config, n_rows, device), n_cols, device=device)
+            dw = torch.empty_like(w)
+            return measure_with(lambda: _launch_bwd(config, dy, x, w, rstd, dres, dx, dw_partial, dw, has_dres))
+
+    scratch: list[torch.Tensor] = []
+    return TUNER.choose(key, space, measure if _measurable(device, n_rows, n_cols) else None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The ops' implementations
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def _rms_norm_fwd(
@@ -354,37 +303,19 @@ def _rms_norm_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Returns (y, rstd, h); h = x + residual is None without a residual."""
     _check_inputs(x, weight, residual)
-    _require_triton(x)
-    n_cols = x.shape[-1]
     x2 = _as_rows(x)  # (M, N)
-    n_rows = x2.shape[0]
     h_dtype = _normalized_dtype(x, residual)
     y = _alloc(x.shape, h_dtype, x.device)
     rstd = _alloc(x.shape[:-1], torch.float32, x.device)
     h = _alloc(x.shape, h_dtype, x.device) if residual is not None else None
-    if n_rows == 0:
+    if x2.shape[0] == 0:
         return y, rstd, h
-    r2 = _as_rows(residual) if residual is not None else x2  # (M, N); x2 is a placeholder the kernel never reads
-    block_n, rows, num_warps, single_pass = _fwd_config(n_rows, n_cols)
+    r2 = _as_rows(residual) if residual is not None else None
+    weight = weight.contiguous()
+    config = _fwd_config(x2, r2, weight, h_dtype, eps)
     with _launch_device(x):
-        _rms_norm_fwd_kernel[(triton.cdiv(n_rows, rows),)](
-            x2,
-            r2,
-            weight.contiguous(),
-            y,
-            h if h is not None else y,
-            rstd,
-            x2.stride(0),
-            r2.stride(0),
-            n_rows,
-            n_cols,
-            eps,
-            HAS_RESIDUAL=residual is not None,
-            BLOCK_N=block_n,
-            ROWS=rows,
-            SINGLE_PASS=single_pass,
-            num_warps=num_warps,
-        )
+        # x2 stands in for the residual and y for h when there is none: the kernel never touches them then.
+        _launch_fwd(config, x2, x2 if r2 is None else r2, weight, y, y if h is None else h, rstd, eps, r2 is not None)
     return y, rstd, h
 
 
@@ -397,82 +328,78 @@ def _rms_norm_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (dx, dw). dresidual, when given, is added to dx (the fused add's gradient into h)."""
     _check_inputs(x, weight, dresidual, dy)
-    _require_triton(x)
-    n_cols = x.shape[-1]
     x2 = _as_rows(x)  # (M, N)
     dy2 = _as_rows(dy)  # (M, N); may be a stride-0 broadcast along rows, which the kernel reads fine
-    n_rows = x2.shape[0]
+    n_rows, n_cols = _static_shape(x2)
     dx = _alloc(x.shape, x.dtype, x.device)
     if n_rows == 0:
         return dx, torch.zeros_like(weight)
-    dres2 = _as_rows(dresidual) if dresidual is not None else dy2  # (M, N); placeholder when absent
-    block_n, rows, num_warps, single_pass = _bwd_config(n_rows, n_cols)
-    num_programs = _bwd_num_programs(x.device, triton.cdiv(n_rows, rows), num_warps)
-    dw_partial = _alloc((num_programs, n_cols), torch.float32, x.device)
+    dres2 = _as_rows(dresidual) if dresidual is not None else None
+    weight = weight.contiguous()
+    config = _bwd_config(x2, weight, dres2 is not None, None if dres2 is None else dres2.dtype)
+    dw_partial = _alloc((bwd_num_programs(config, n_rows, x.device), n_cols), torch.float32, x.device)
+    dw = _alloc(weight.shape, weight.dtype, x.device)
     with _launch_device(x):
-        _rms_norm_bwd_kernel[(num_programs,)](
-            dy2,
-            x2,
-            weight.contiguous(),
-            rstd.contiguous(),
-            dres2,
-            dx,
-            dw_partial,
-            dy2.stride(0),
-            x2.stride(0),
-            dres2.stride(0),
-            n_rows,
-            n_cols,
-            HAS_DRES=dresidual is not None,
-            BLOCK_N=block_n,
-            ROWS=rows,
-            SINGLE_PASS=single_pass,
-            num_warps=num_warps,
+        dres2_or_placeholder = dy2 if dres2 is None else dres2  # never read without a residual gradient
+        _launch_bwd(
+            config, dy2, x2, weight, rstd.contiguous(), dres2_or_placeholder, dx, dw_partial, dw, dres2 is not None
         )
-    return dx, dw_partial.sum(0).to(weight.dtype)
+    return dx, dw
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Custom ops and autograd
+# torch.library ops and autograd
 # ----------------------------------------------------------------------------------------------------------------
-# Registered through torch.library so torch.compile sees opaque ops with fake (meta) implementations and traces
-# a model that uses them without graph breaks. None of them mutates or aliases its inputs.
+# None of the ops mutates or aliases its inputs. With compiled Triton they are triton_ops: their implementation is
+# also their fake (shape) function, traced by torch.compile. Interpreted kernels cannot be traced, so there they are
+# plain custom ops with the fake functions below.
+
+
+def _fwd_fake(x, weight, eps):
+    _check_inputs(x, weight)
+    return x.new_empty(x.shape), x.new_empty(x.shape[:-1], dtype=torch.float32)
+
+
+def _add_fwd_fake(x, residual, weight, eps):
+    _check_inputs(x, weight, residual)
+    h_dtype = _normalized_dtype(x, residual)
+    rstd = x.new_empty(x.shape[:-1], dtype=torch.float32)
+    return x.new_empty(x.shape, dtype=h_dtype), rstd, x.new_empty(x.shape, dtype=h_dtype)
+
+
+def _bwd_fake(dy, x, weight, rstd, dresidual):
+    _check_inputs(x, weight, dresidual, dy)
+    return x.new_empty(x.shape), weight.new_empty(weight.shape)
+
+
+def _define_op(name: str, fake):
+    def define(fn):
+        if HAS_TRITON and not INTERPRETED:
+            return torch.library.triton_op(name, fn, mutates_args=())
+        op = torch.library.custom_op(name, fn, mutates_args=())
+        op.register_fake(fake)
+        return op
+
+    return define
 
 
 def _register_ops() -> None:
-    @torch.library.custom_op("normgpt::rms_norm_fwd", mutates_args=())
+    @_define_op("normgpt::rms_norm_fwd", _fwd_fake)
     def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         y, rstd, _ = _rms_norm_fwd(x, weight, eps)
         return y, rstd
 
-    @rms_norm_fwd.register_fake
-    def _(x, weight, eps):
-        _check_inputs(x, weight)
-        return x.new_empty(x.shape), x.new_empty(x.shape[:-1], dtype=torch.float32)
-
-    @torch.library.custom_op("normgpt::add_rms_norm_fwd", mutates_args=())
+    @_define_op("normgpt::add_rms_norm_fwd", _add_fwd_fake)
     def add_rms_norm_fwd(
         x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return _rms_norm_fwd(x, weight, eps, residual)
 
-    @add_rms_norm_fwd.register_fake
-    def _(x, residual, weight, eps):
-        _check_inputs(x, weight, residual)
-        h_dtype = _normalized_dtype(x, residual)
-        rstd = x.new_empty(x.shape[:-1], dtype=torch.float32)
-        return x.new_empty(x.shape, dtype=h_dtype), rstd, x.new_empty(x.shape, dtype=h_dtype)
-
-    @torch.library.custom_op("normgpt::rms_norm_bwd", mutates_args=())
+    @_define_op("normgpt::rms_norm_bwd", _bwd_fake)
     def rms_norm_bwd(
         dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, dresidual: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return _rms_norm_bwd(dy, x, weight, rstd, dresidual)
-
-    @rms_norm_bwd.register_fake
-    def _(dy, x, weight, rstd, dresidual):
-        _check_inputs(x, weight, dresidual, dy)
-        return x.new_empty(x.shape), weight.new_empty(weight.shape)
 
     def rms_norm_setup_context(ctx, inputs, output):
         x, weight, _ = inputs
@@ -494,15 +421,50 @@ def _register_ops() -> None:
         ctx.input_dtypes = (x.dtype, residual.dtype)
 
     def add_rms_norm_backward(ctx, grad_y, grad_rstd, grad_h):
-        # h feeds both the norm and whatever uses the new residual stream, so its total gradient is the norm's
-        # dx plus grad_h; h = x + residual then hands that same gradient to both x and residual (in their own
-        # dtypes when they differ; .to is a no-op otherwise).
         h, weight, rstd = ctx.saved_tensors
         dh, dw = torch.ops.normgpt.rms_norm_bwd(grad_y, h, weight, rstd, grad_h)
-        x_dtype, residual_dtype = ctx.input_dtypes
-        return dh.to(x_dtype), dh.to(residual_dtype), dw, None
+        return (*_split_dh(dh, ctx.input_dtypes), dw, None)
 
     add_rms_norm_fwd.register_autograd(add_rms_norm_backward, setup_context=add_rms_norm_setup_context)
+
+
+def _split_dh(dh: torch.Tensor, input_dtypes: tuple[torch.dtype, torch.dtype]) -> tuple[torch.Tensor, torch.Tensor]:
+    """h = x + residual feeds both the norm and whatever uses the new residual stream, so its total gradient is the
+    norm's dx plus grad_h (added in the kernel); the add hands that same gradient to x and to residual, each in its
+    own dtype (.to is a no-op where they match)."""
+    return dh.to(input_dtypes[0]), dh.to(input_dtypes[1])
+
+
+class _RMSNorm(torch.autograd.Function):
+    """Eager calls skip the torch.library dispatch, which costs more host time than the launch itself (the ops
+    are what torch.compile traces). Same implementations, same kernels, same configurations."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        y, rstd, _ = _rms_norm_fwd(x, weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, rstd = ctx.saved_tensors
+        dx, dw = _rms_norm_bwd(grad_y, x, weight, rstd)
+        return dx, dw, None
+
+
+class _AddRMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, residual, weight, eps):
+        y, rstd, h = _rms_norm_fwd(x, weight, eps, residual)
+        ctx.save_for_backward(h, weight, rstd)
+        ctx.input_dtypes = (x.dtype, residual.dtype)
+        return y, h
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_h):
+        h, weight, rstd = ctx.saved_tensors
+        dh, dw = _rms_norm_bwd(grad_y, h, weight, rstd, grad_h)
+        return (*_split_dh(dh, ctx.input_dtypes), dw, None)
 
 
 # A checkpoint's remote-code copy of this file may be imported alongside the project's own copy; the ops live in
@@ -517,14 +479,12 @@ if not hasattr(torch.ops.normgpt, "rms_norm_fwd"):
 
 
 def triton_can_run(t: torch.Tensor) -> bool:
-    """Whether the Triton kernels can run on ``t``: a CUDA tensor, or a CPU tensor under TRITON_INTERPRET=1.
-
-    The interpreter flag is read by Triton when the kernels are decorated, i.e. when this module is imported,
-    so set it before importing this file (or triton) for the CPU path to work.
-    """
+    """Whether the Triton kernels can run on ``t``: a CUDA tensor, or a CPU tensor when the kernels were made for
+    the Triton interpreter (TRITON_INTERPRET=1 set before this module, or triton, was first imported) and the
+    variable is still set."""
     if not HAS_TRITON:
         return False
-    return t.is_cuda or (os.environ.get("TRITON_INTERPRET") == "1" and t.device.type == "cpu")
+    return t.is_cuda or (INTERPRETED and t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -532,8 +492,9 @@ def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
 
     Differentiable in ``x`` and ``weight``. Returns a new contiguous tensor of x's shape and dtype.
     """
-    y, _ = torch.ops.normgpt.rms_norm_fwd(x, weight, eps)
-    return y
+    if torch.compiler.is_compiling():
+        return torch.ops.normgpt.rms_norm_fwd(x, weight, eps)[0]
+    return _RMSNorm.apply(x, weight, eps)
 
 
 def fused_add_rms_norm(
@@ -545,8 +506,26 @@ def fused_add_rms_norm(
     promoted dtype, exactly as ``add_rms_norm_reference``. Differentiable in all three tensors, including gradient
     flowing into the returned ``h`` from its later use as the residual stream.
     """
-    y, _, h = torch.ops.normgpt.add_rms_norm_fwd(x, residual, weight, eps)
-    return y, h
+    if torch.compiler.is_compiling():
+        y, _, h = torch.ops.normgpt.add_rms_norm_fwd(x, residual, weight, eps)
+        return y, h
+    return _AddRMSNorm.apply(x, residual, weight, eps)
+
+
+def kernel_choices(timings: bool = False) -> dict:
+    """The launch configurations this process used, for a run's record:
+    ``{"namespace": "triton <version>, kernels <source hash>", "choices": {key: {"config": {...}, "source": ...}}}``
+    where a key names the kernel, device, row width, row-count bucket and dtypes, and source says whether the
+    configuration was pinned, read from the cache file, measured now, or the default. ``timings=True`` adds every
+    measured configuration's time in ms."""
+    return TUNER.choices(timings)
+
+
+def pin_kernel_choices(record: dict) -> None:
+    """Run with the configurations of ``record`` (an earlier ``kernel_choices()``) wherever their keys occur, e.g.
+    when resuming a run, so it computes bit for bit what the uninterrupted run would have. ValueError if the
+    record is malformed."""
+    TUNER.pin(record)
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -61,3 +61,27 @@ def test_checkpoints_do_not_depend_on_the_implementation(tmp_path):
 
     a, b = load_file(tmp_path / "f" / "model.safetensors"), load_file(tmp_path / "r" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_auto_runs_the_kernel_eager_on_cuda_and_pytorch_under_compile():
+    """The measured decision (docs/benchmarks.md): under torch.compile inductor's fusion of the PyTorch path wins, so
+    a compiled model with rms_impl=auto runs exactly the graph of rms_impl=torch, never a slower one."""
+    from model.norms import auto_uses_kernel
+
+    for width in (1, 64, 768, 4096, 65536):
+        assert auto_uses_kernel(width, "cuda", compiling=False)
+        assert not auto_uses_kernel(width, "cuda", compiling=True)
+        assert not auto_uses_kernel(width, "cpu", compiling=False)
+
+
+def test_rms_auto_decides_with_the_compile_state(monkeypatch):
+    import model.norms as norms
+
+    asked = []
+    monkeypatch.setattr(norms, "auto_uses_kernel", lambda width, device, compiling: asked.append(compiling) or False)
+    norm = norms.RMSNorm(16, impl="auto")
+    x = torch.randn(2, 16)
+    norm(x)
+    torch._dynamo.reset()
+    torch.compile(norm, backend="eager")(x)
+    assert asked[0] is False and True in asked[1:]
