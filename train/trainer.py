@@ -33,6 +33,7 @@ from train.data import PreparedData, TokenBatches, eval_batches, prepare_data
 from train.final_model import clean_stale, sample_text, save_final_model
 from train.flops import flops_per_token, matmul_parameters, peak_flops
 from train.hub import HubError, push_to_hub, resolve_repo_id
+from train.launcher import warn_if_fewer_processes
 from train.model_card import write_model_card
 from train.plots import plot_loss_curve
 from train.resume import check_resume_config
@@ -245,6 +246,7 @@ class Trainer:
             step_scheduler_with_optimizer=False,
         )
         self.is_main = self.accelerator.is_main_process
+        warn_if_fewer_processes(self.accelerator.num_processes, torch.accelerator.is_available())
         use_cpu_cores(self.accelerator)
 
     def _claim_output_dir(self) -> None:
