@@ -282,6 +282,27 @@ def test_sigterm_checkpoints_and_resume_repeats_the_uninterrupted_losses(corpus,
     assert summary(out).status is summary(full).status and summary(out).status.finished
 
 
+def test_a_repeated_sigterm_is_the_same_request_and_a_second_ctrl_c_is_final(tmp_path):
+    """A cluster signals every process of a job, launcher and training processes alike, and torchrun then forwards the
+    signal once more: a checkpointing trainer must outlive the second SIGTERM (or SIGUSR1). Ctrl-C twice still quits."""
+    from train.config import parse_args
+    from train.trainer import STOP_SIGNALS, Trainer
+
+    trainer = Trainer(parse_args(["--output_dir", str(tmp_path / "run")]))
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    try:
+        trainer._install_signal_handlers()
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.raise_signal(sig)
+            signal.raise_signal(sig)  # with the default action back, this would end pytest here
+            assert trainer._signal_seen == sig and signal.getsignal(sig) == trainer._on_signal
+        signal.raise_signal(signal.SIGINT)
+        assert trainer._signal_seen == signal.SIGINT and signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def ddp_launcher() -> list[str]:
     """The two-process launch the README gives: the shipped CPU config (gloo, on any machine), so these runs are also
     its launch test (tests/test_launch.py checks how accelerate reads it)."""

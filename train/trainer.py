@@ -446,7 +446,10 @@ class Trainer:
 
     def _on_signal(self, signum, frame) -> None:
         self._signal_seen = signum
-        signal.signal(signum, signal.SIG_DFL)  # a second signal of the same kind ends the process at once
+        # A second Ctrl-C ends the process at once. A repeated SIGTERM or SIGUSR1 is the same request: a cluster signals
+        # every process of a job (SLURM: launcher and workers alike) and the launcher then forwards it once more.
+        if signum == signal.SIGINT:
+            signal.signal(signum, signal.SIG_DFL)
 
     def _install_signal_handlers(self) -> None:
         for sig in STOP_SIGNALS:
