@@ -3,11 +3,27 @@
 Without a CUDA device the Triton kernels run through the Triton interpreter, which Triton decides when a kernel
 is decorated, i.e. when the module defining it is imported. This file is loaded before any test module, so the
 variable is in place before anything imports triton. Torch itself does not import triton.
+
+Tests marked `opt_in` (rehearsals too slow for CI) run only with `pytest --opt-in`.
 """
 
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--opt-in", action="store_true", help="also run the tests marked opt_in (too slow for CI)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--opt-in"):
+        return
+    skip = pytest.mark.skip(reason="opt-in: run with pytest --opt-in")
+    for item in items:
+        if "opt_in" in item.keywords:
+            item.add_marker(skip)

@@ -9,7 +9,6 @@ import os
 import pickle
 import shutil
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from synthetic_corpus import write_corpus
 from trainer_runs import FRONT_DOOR, command, flags, losses, refused, run, start, summary, wait_for_step
 
 from train import checkpoints as ckpt
+from train.config import REPO_ROOT
 from train.run_directory import MetricsLog, RunStatus
 
 
@@ -282,29 +282,32 @@ def test_sigterm_checkpoints_and_resume_repeats_the_uninterrupted_losses(corpus,
     assert summary(out).status is summary(full).status and summary(out).status.finished
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def test_a_repeated_sigterm_is_the_same_request_and_a_second_ctrl_c_is_final(tmp_path):
+    """A cluster signals every process of a job, launcher and training processes alike, and torchrun then forwards the
+    signal once more: a checkpointing trainer must outlive the second SIGTERM (or SIGUSR1). Ctrl-C twice still quits."""
+    from train.config import parse_args
+    from train.trainer import STOP_SIGNALS, Trainer
+
+    trainer = Trainer(parse_args(["--output_dir", str(tmp_path / "run")]))
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    try:
+        trainer._install_signal_handlers()
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.raise_signal(sig)
+            signal.raise_signal(sig)  # with the default action back, this would end pytest here
+            assert trainer._signal_seen == sig and signal.getsignal(sig) == trainer._on_signal
+        signal.raise_signal(signal.SIGINT)
+        assert trainer._signal_seen == signal.SIGINT and signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def ddp_launcher() -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-    ]
+    """The two-process launch the README gives: the shipped CPU config (gloo, on any machine), so these runs are also
+    its launch test (tests/test_launch.py checks how accelerate reads it)."""
+    config = str(REPO_ROOT / "configs" / "accelerate" / "cpu_2proc.yaml")
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--main_process_port", "0"]
 
 
 def test_sigterm_under_ddp_stops_every_rank_at_the_same_step_and_resumes_exactly(corpus, cache, tmp_path):

@@ -398,6 +398,68 @@ def test_report_without_sweep_yaml_infers_the_grid_and_handles_no_finished_runs(
     assert len(err) == 2 and all(line.startswith("report.py: error: ") for line in err)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Any grid: the statistics must not depend on the grid having a learning-rate or a seed axis, or more than one run
+
+
+def _by_norm(base: dict[str, float]):
+    return lambda values: base[values["norm"]] + 0.01 * values.get("seed", 0)
+
+
+def _results_rows(md: str) -> list[str]:
+    section = md.split("## Results")[1].split("### Comparisons")[0]
+    return [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| variant")]
+
+
+def test_a_grid_without_a_learning_rate_axis_reports_its_runs(tmp_path):
+    """A first sweep, `norm: [rms, layer]` at the preset's learning rate: both finished runs are in the results."""
+    fake_sweep(tmp_path, {"norm": ["rms", "layer"]}, _by_norm({"rms": 3.4, "layer": 3.5}))
+    assert report.main([str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    rows = _results_rows(md)
+    assert rows[0].startswith("| norm=rms | – | 3.450 (1 seed) | 1 |")
+    assert rows[1].startswith("| norm=layer | – | 3.550 (1 seed) | 1 |")
+    assert "- norm=rms vs norm=layer: final val loss 3.450 (1 seed) vs 3.550 (1 seed) over 1 seed" in md
+    assert "nothing to compare" not in md and "no finished seeds" not in md
+    assert "The grid has no learning_rate axis" in md and "1 seed(s) per setting." in md
+
+
+def test_a_multi_seed_grid_without_a_learning_rate_axis_ranks_by_the_seed_spread(tmp_path):
+    fake_sweep(tmp_path, {"norm": ["rms", "layer"], "seed": [0, 1, 2]}, _by_norm({"rms": 3.4, "layer": 3.6}))
+    assert report.main([str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    rows = _results_rows(md)
+    assert rows[0].startswith("| norm=rms | – | 3.460 ± 0.010 | 3 |") and rows[1].startswith("| norm=layer | – | 3.660")
+    assert "final val loss 3.460 ± 0.010 vs 3.660 ± 0.010 over 3 seeds" in md and "norm=rms is lower by 0.200" in md
+    assert "Resolved orderings (final loss, lower is better): norm=rms < norm=layer." in md
+
+
+def test_a_single_seed_grid_with_a_learning_rate_axis_has_results_but_ranks_nothing(tmp_path):
+    grid = {"norm": ["rms", "layer"], "learning_rate": [1e-3, 3e-3, 1e-2]}  # no seed axis: the preset's seed
+    fake_sweep(tmp_path, grid, _loss)
+    assert report.main([str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    # best LR 0.003 (loss 3.4, val 3.45); stable within 0.1: 0.01; sensitivity (3.6 + 3.4 + 3.45) / 3 - 3.4 = 0.083
+    assert _results_rows(md)[0].startswith("| norm=rms | 0.003 | 3.450 (1 seed) | 1 | 0.01 | 0.083 (1 seed) | 1 |")
+    assert "| 0.003 | 3.450 (1 seed) | 3.450 (1 seed) |" in md
+    assert "not ranked (a single seed gives no spread estimate)" in md and "no variant is ranked" in md
+
+
+@pytest.mark.parametrize("sweep_yaml", [True, False], ids=["sweep.yaml", "a run directory gathered by hand"])
+def test_a_single_run_is_a_report(tmp_path, sweep_yaml):
+    if sweep_yaml:
+        fake_sweep(tmp_path, {"norm": ["rms"]}, _by_norm({"rms": 3.4}))
+    else:
+        fake_run(tmp_path / "runs" / "only", {"norm": "rms"}, 3.4)
+    assert report.main([str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    label = "norm=rms" if sweep_yaml else "all runs"
+    assert _results_rows(md)[0].startswith(f"| {label} | – | 3.450 (1 seed) | 1 |")
+    assert "1 runs in the grid: 1 completed" in md and "Fewer than two variants" in md
+    assert [float(r["final_val_loss"]) for r in _csv(tmp_path)] == [pytest.approx(3.45)]
+    assert {Path(link).stem for link in _links(md)} == {"loss_curves", "resid_rms_depth"}
+
+
 def test_a_new_figure_is_one_entry_in_the_list(tmp_path, monkeypatch):
     def draw_lr_histogram(study, results, path):
         fig, ax = figures.plt().subplots()

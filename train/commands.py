@@ -1,6 +1,7 @@
 """normgpt's front door: one command, `normgpt`, with a subcommand per tool (`[project.scripts]` in pyproject.toml).
 
     normgpt train --norm rms                 train a model (train/train.py; under `accelerate launch` on many devices)
+    normgpt prepare --config C               build the token cache a run will read (once, before a multi-node launch)
     normgpt sweep SWEEP.yaml --output_dir D  a grid of training runs, then its report (train/sweep/)
     normgpt report D                         a sweep directory's summary.csv, report.md and figures
     normgpt export RUN OUT [--gguf q8_0]     the model a user gets: stock class or remote code, card, GGUF
@@ -22,6 +23,7 @@ from train.cli import OneLineParser
 # subcommand -> (the module whose main(argv) runs it, one line of help)
 COMMANDS = {
     "train": ("train.train", "train a model (one process; many under accelerate launch)"),
+    "prepare": ("train.prepare", "build the token cache a run will read, and nothing else (trainer flags)"),
     "sweep": ("train.sweep.ablate", "run a grid of training runs (an ablation sweep), then write its report"),
     "report": ("train.sweep.report", "write a sweep directory's summary.csv, report.md and figures"),
     "export": ("train.publish.command", "write a run's model as a publishable directory: stock class, card, GGUF"),

@@ -34,6 +34,7 @@ from train.config import RunConfig
 from train.data import PreparedData, TokenBatches, eval_batches, prepare_data
 from train.flops import flops_per_token, matmul_parameters, peak_flops
 from train.hardware import available_cores, device_name, hardware
+from train.launcher import warn_if_fewer_processes
 from train.plots import plot_loss_curve
 from train.publish.export import ExportResult
 from train.publish.final_model import card_and_upload, clean_stale, save_final_model
@@ -284,6 +285,7 @@ class Trainer:
             step_scheduler_with_optimizer=False,
         )
         self.is_main = self.accelerator.is_main_process
+        warn_if_fewer_processes(self.accelerator.num_processes, torch.accelerator.is_available())
         use_cpu_cores(self.accelerator)
 
     def _claim_output_dir(self) -> None:
@@ -467,7 +469,10 @@ class Trainer:
 
     def _on_signal(self, signum, frame) -> None:
         self.signal_seen = signum
-        signal.signal(signum, signal.SIG_DFL)  # a second signal of the same kind ends the process at once
+        # A second Ctrl-C ends the process at once. A repeated SIGTERM or SIGUSR1 is the same request: a cluster signals
+        # every process of a job (SLURM: launcher and workers alike) and the launcher then forwards it once more.
+        if signum == signal.SIGINT:
+            signal.signal(signum, signal.SIG_DFL)
 
     def _install_signal_handlers(self) -> None:
         for sig in STOP_SIGNALS:

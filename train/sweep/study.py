@@ -165,13 +165,15 @@ class Study:
         numeric = ["lr", "loss", "init", *AGGREGATES]  # None -> NaN, so that every aggregate skips it
         return pd.DataFrame(rows).astype(dict.fromkeys(numeric, "float64"))
 
+    def losses(self, variant: str) -> list[float | None]:
+        """Final validation losses of the variant's runs in the statistics, at every LR (None = diverged)."""
+        return loss_list(self.frame[self.frame.in_val_stats & (self.frame.variant == variant)])
+
     def per_lr(self, variant: str) -> dict[float, list[float | None]]:
-        """LR -> final validation losses of the variant's runs in the statistics (None = diverged)."""
+        """LR -> `losses` at that LR; {} for a grid without an LR axis (its lr column is all NaN, a key groupby
+        drops: use `losses` there)."""
         frame = self.frame[self.frame.in_val_stats & (self.frame.variant == variant)]
-        return {
-            float(lr): [None if d else float(loss) for d, loss in zip(g.diverged, g.loss, strict=True)]
-            for lr, g in frame.groupby("lr", sort=True)
-        }
+        return {float(lr): loss_list(g) for lr, g in frame.groupby("lr", sort=True)} if self.lr_key else {}
 
     @cached_property
     def unigram_entropy(self) -> float | None:
@@ -182,6 +184,11 @@ class Study:
 
     def status_counts(self) -> dict[str, int]:
         return dict(sorted(self.frame.status.value_counts().items()))
+
+
+def loss_list(rows: pd.DataFrame) -> list[float | None]:
+    """The final validation losses of `Study.frame` rows, None for a run that diverged."""
+    return [None if d else float(loss) for d, loss in zip(rows.diverged, rows.loss, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -261,8 +268,8 @@ def analyse(study: Study, tolerance: float) -> dict[str, VariantResult]:
         if study.lr_key:
             best = stats.best_lr(per_lr)
             at_best = [x for x in per_lr.get(best, []) if x is not None]
-        else:
-            best, at_best = None, [x for xs in per_lr.values() for x in xs if x is not None]
+        else:  # every run of the variant is one sample: there is no LR to choose
+            best, at_best = None, [x for x in study.losses(variant) if x is not None]
         spread, seeds, values = variant_sensitivity(study, variant)
         aggregates = {k: aggregate(totals, variant, k) for k in AGGREGATES}
         stable = stats.largest_stable_lr(per_lr, tolerance) if study.lr_key else None
