@@ -364,8 +364,8 @@ def at(losses=None, failed=(), logits=None) -> findings.AtLR:
     return findings.AtLR({k: findings.SeedRun(losses.get(k), k in failed, logits.get(k)) for k in keys})
 
 
-def ev(best_lr=3e-3, at_lr=None, sens=None, stable=None) -> findings.Evidence:
-    return findings.Evidence("v", best_lr, None, at_lr or {}, sens or {}, stable or {})
+def ev(best_lr=3e-3, at_lr=None, sens=None) -> findings.Evidence:
+    return findings.Evidence("v", best_lr, None, at_lr or {}, sens or {})
 
 
 def verdict(key: str, roles: dict, lrs=(1e-3, 3e-3, 1e-2)) -> findings.Verdict:
@@ -384,8 +384,10 @@ def test_combine_needs_every_check_to_support_and_any_contradiction_refutes():
 
 
 def test_rule_a_rms_and_layer_equivalent_by_a_paired_tost():
-    def a(rms, layer, failed=(), layer_lr=3e-3):
-        roles = {"rms": ev(at_lr={3e-3: at(rms, failed)}), "layer": ev(layer_lr, {layer_lr: at(layer)})}
+    def a(rms, layer, failed=(), extra=None):
+        roles = {"rms": ev(at_lr={3e-3: at(rms, failed)}), "layer": ev(at_lr={3e-3: at(layer)})}
+        for role, (lr, losses) in (extra or {}).items():
+            roles[role].at_lr[lr] = at(losses)
         checks = findings.rule_a(roles, [1e-3, 3e-3, 1e-2], MARGIN)
         return findings.combine(checks), checks[0].text
 
@@ -403,34 +405,51 @@ def test_rule_a_rms_and_layer_equivalent_by_a_paired_tost():
     assert result is UNSURE and "failed (diverged or stalled) at its best LR: rms in seed(s) 1" in text
     result, text = a(BASE, seeds(0.01, -0.01, 0.02, 0.0))  # layer lacks seed 4: paired over 4
     assert "4 paired seeds); seed(s) 4 only in rms (left out)" in text
-    assert "at their best LRs (0.003, 0.01)" in a(BASE, seeds(0.0), layer_lr=1e-2)[1]
+    # Each at its own best LR among the LRs both ran: layer is better at 0.01, rms at 0.003 ...
+    extra = {"rms": (1e-2, seeds(0.3)), "layer": (1e-2, seeds(-0.1))}
+    result, text = a(BASE, seeds(0.0), extra=extra)
+    assert "at their best LRs (0.003, 0.01), rms − layer: +0.100" in text
+    # ... and an LR only one role ran is never its best: rms's 0.03 is outside layer's grid.
+    result, text = a(BASE, seeds(0.0), extra={"rms": (3e-2, seeds(-1.0))})
+    assert "at their shared best LR (0.003)" in text and result is YES
+
+
+LRS = (1e-3, 3e-3, 1e-2)
+
+
+def upto(top, n=5, loss=BASE, lrs=LRS) -> findings.Evidence:
+    """A role that trained, with the same loss, at every LR up to `top` and failed above it, in each of n seeds."""
+    losses = {k: v for k, v in loss.items() if k < n}
+    at_lr = {lr: at(losses) if top is not None and lr <= top else at(failed=range(n)) for lr in lrs}
+    return ev(1e-3, at_lr)
 
 
 def test_rule_b_post_norm_stable_lr_below_pre_and_warmup_helping():
-    every = lambda lr, n=5: dict.fromkeys(range(n), lr)
-    same = at(BASE)
-
-    def b(pre, post, warm, pre_warm=None, warm_loss=same):
-        roles = {"pre": ev(stable=pre, at_lr={3e-3: same}), "post": ev(stable=post, at_lr={3e-3: same})}
-        roles["post_warmup"] = ev(stable=warm, at_lr={3e-3: warm_loss})
-        if pre_warm is not None:
-            roles["pre_warmup"] = ev(stable=pre_warm, at_lr={3e-3: same})
+    def b(pre, post, warm, pre_warm=None):
+        roles = {"pre": pre, "post": post, "post_warmup": warm}
+        roles |= {"pre_warmup": pre_warm} if pre_warm is not None else {}
         return verdict("b", roles)
 
-    assert b(pre=every(3e-3), post=every(1e-3), warm=every(3e-3), pre_warm=every(1e-2)) is YES
-    assert b(pre=every(3e-3), post=every(None), warm=every(1e-3)) is YES  # post-norm stable nowhere without warm-up
-    assert b(pre=every(1e-3), post=every(3e-3), warm=every(1e-2)) is NO  # post's stable LR above pre's in 5 seeds
-    assert b(pre=every(3e-3), post=every(1e-3), warm=every(1e-3)) is NO  # warm-up changed nothing, equal losses
-    lower = at(seeds(-0.2, -0.21, -0.19, -0.2, -0.2))
-    assert b(pre=every(3e-3), post=every(1e-3), warm=every(1e-3), warm_loss=lower) is YES  # ... or a lower loss
-    wide = at(seeds(-0.3, 0.2, -0.25, 0.15, -0.1))
-    assert b(pre=every(3e-3), post=every(1e-3), warm=every(1e-3), warm_loss=wide) is UNSURE
-    assert b(pre=every(3e-3), post=every(3e-3), warm=every(1e-2)) is UNSURE  # the grid does not separate them
-    assert b(pre=every(3e-3, 4), post=every(1e-3, 4), warm=every(3e-3, 4)) is UNSURE  # 4 seeds: p = 1/16
-    check = findings.stable_below(ev(stable=every(1e-3, 4)), ev(stable=every(3e-3, 4)), "post", "pre")
+    assert b(pre=upto(3e-3), post=upto(1e-3), warm=upto(3e-3), pre_warm=upto(1e-2)) is YES
+    assert b(pre=upto(3e-3), post=upto(None), warm=upto(1e-3)) is YES  # post-norm stable nowhere without warm-up
+    assert b(pre=upto(1e-3), post=upto(3e-3), warm=upto(1e-2)) is NO  # post's stable LR above pre's in 5 seeds
+    assert b(pre=upto(3e-3), post=upto(1e-3), warm=upto(1e-3)) is NO  # warm-up changed nothing, equal losses
+    lower = seeds(-0.2, -0.21, -0.19, -0.2, -0.2)
+    assert b(pre=upto(3e-3), post=upto(1e-3), warm=upto(1e-3, loss=lower)) is YES  # ... or a lower loss
+    wide = seeds(-0.3, 0.2, -0.25, 0.15, -0.1)
+    assert b(pre=upto(3e-3), post=upto(1e-3), warm=upto(1e-3, loss=wide)) is UNSURE
+    assert b(pre=upto(3e-3), post=upto(3e-3), warm=upto(1e-2)) is UNSURE  # the grid does not separate them
+    assert b(pre=upto(3e-3, 4), post=upto(1e-3, 4), warm=upto(3e-3, 4)) is UNSURE  # 4 seeds: p = 1/16
+    check = findings.stable_below(upto(1e-3, 4), upto(3e-3, 4), "post", "pre", MARGIN)
     assert "post lower in 4, higher in 0, tied in 0 of 4 paired seeds: not resolved; sign test p = 0.0625" in check.text
     assert "at least 5 untied seeds all one way" in check.text
     assert "largest stable LR per seed, post 0.001, 0.001, 0.001, 0.001 (seeds 0, 1, 2, 3)" in check.text
+    # Only the LRs both roles ran count: pre's extra LR 0.03 (where post never ran) cannot make post look lower.
+    check = findings.stable_below(upto(1e-2), upto(3e-2, lrs=(*LRS, 3e-2)), "post", "pre", MARGIN)
+    assert check.supports is None and "tied in 5 of 5" in check.text
+    # A seed's loss more than the tolerance above its best is not stable there.
+    worse_at_top = ev(1e-3, {1e-3: at(BASE), 3e-3: at(seeds(0.5))})
+    assert findings.seed_stable_lrs(worse_at_top, [1e-3, 3e-3], MARGIN) == dict.fromkeys(range(5), 1e-3)
 
 
 def test_rule_c_qk_norm_judged_only_where_plain_logits_pass_1e4_in_every_seed():
@@ -487,6 +506,10 @@ def test_rule_d_no_norm_fails_or_degrades_where_dyt_and_rms_train():
     # dyt failed at the top LR: the verdict is taken at 0.003, the highest LR where dyt and rms trained.
     result, checks = d(at(failed=range(5)), dyt_top=at(BASE, failed=(3,)))
     assert checks[1].text.startswith("at lr 0.003, the highest where dyt and rms trained in every seed")
+    # rms's best LR among the LRs dyt ran too: an extra rms-only LR (0.03, best for rms) is not where dyt is judged.
+    rms = ev(3e-3, {3e-3: good, 1e-1: good, 3e-2: at(seeds(-0.5))})
+    condition = findings.dyt_trains(ev(at_lr={3e-3: good, 1e-1: good}), rms)
+    assert condition.supports is True and "at rms's best LR (0.003)" in condition.text
     # DyT does not train at the RMSNorm baseline's LR: the claim's condition never arose.
     result, checks = d(at(failed=range(5)), dyt_best=at(BASE, failed=(1,)))
     assert result is UNSURE and "dyt failed in seed(s) 1: the claim's condition" in checks[0].text

@@ -169,7 +169,6 @@ class Evidence:
     stable_lr: float | None  # largest stable LR over seeds (the results table's), for the text
     at_lr: Mapping[float | None, AtLR]  # key None: every run, when the grid has no LR axis
     sensitivity: Mapping[Any, float] = field(default_factory=dict)  # per seed with the whole LR grid
-    stable_by_seed: Mapping[Any, float | None] = field(default_factory=dict)  # per seed with a run at every LR
 
     @property
     def at_best(self) -> AtLR | None:
@@ -198,18 +197,40 @@ def undecided(text: str, p: Paired) -> Check:
     return Check(f"{text}: not resolved; {p.power_line()}", None)
 
 
+def shared_lrs(*roles: Evidence) -> list[float]:
+    """The learning rates every role ran at (a sweep's `exclude` may give roles different grids)."""
+    return sorted(set.intersection(*({lr for lr in e.at_lr if lr is not None} for e in roles)))
+
+
+def shared_best(*roles: Evidence) -> list[tuple[float | None, AtLR | None]]:
+    """Each role's best LR (stats.best_lr: lowest mean final loss where no seed diverged) among the LRs all the
+    roles ran, so that no role is judged at an LR the others never tried, and its runs there. Without an LR axis:
+    (None, every run)."""
+    if all(set(e.at_lr) == {None} for e in roles):
+        return [(None, e.at_lr[None]) for e in roles]
+    lrs = shared_lrs(*roles)
+    out = []
+    for e in roles:
+        best = stats.best_lr({lr: list(e.at_lr[lr].seed_losses().values()) for lr in lrs})
+        out.append((best, e.at_lr.get(best)))
+    return out
+
+
+def losses_at(at: AtLR | None) -> dict[Any, float | None]:
+    return at.losses() if at is not None else {}
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The rules, one per finding: evidence by role -> checks
 
 
 def rule_a(ev: Mapping[str, Evidence], lrs: Sequence[float], margin: float) -> list[Check]:
-    rms, layer = ev["rms"], ev["layer"]
+    (lr_a, a), (lr_b, b) = shared_best(ev["rms"], ev["layer"])
     where = ""
-    if lrs and rms.best_lr == layer.best_lr:
-        where = f" at their shared best LR ({lr_text(rms.best_lr)})"
+    if lrs and lr_a == lr_b:
+        where = f" at their shared best LR ({lr_text(lr_a)})"
     elif lrs:
-        where = f" at their best LRs ({lr_text(rms.best_lr)}, {lr_text(layer.best_lr)})"
-    a, b = rms.at_best, layer.at_best
+        where = f" at their best LRs ({lr_text(lr_a)}, {lr_text(lr_b)})"
     if a is None or b is None:
         return [Check(f"final val loss{where}: a role has no result at a best LR, nothing to compare", None)]
     failed = [
@@ -250,12 +271,26 @@ def sign_power_line(lower: int, higher: int) -> str:
     return f"sign test p = {p:.3g}; it can reach p ≤ {stats.ALPHA:g} only with at least {need} untied seeds all one way"
 
 
-def stable_below(low: Evidence, high: Evidence, low_name: str, high_name: str) -> Check:
-    """Per seed, `low`'s largest stable LR below `high`'s, by a sign test."""
-    lower, higher, tied, _ = sign_counts(low.stable_by_seed, high.stable_by_seed)
+def seed_stable_lrs(e: Evidence, lrs: Sequence[float], margin: float) -> dict[Any, float | None]:
+    """Seed -> its largest stable LR among `lrs` over its own runs (stats.largest_stable_lr on one seed), for the
+    seeds with a usable run at every one of `lrs`."""
+    seeds = set.intersection(*(set(e.at_lr[lr].seeds) for lr in lrs)) if lrs else set()
+    out = {}
+    for seed in sorted(seeds, key=str):
+        runs = {lr: e.at_lr[lr].seeds[seed] for lr in lrs}
+        if all(run.failed or run.loss is not None for run in runs.values()):
+            out[seed] = stats.largest_stable_lr({lr: [None if r.failed else r.loss] for lr, r in runs.items()}, margin)
+    return out
+
+
+def stable_below(low: Evidence, high: Evidence, low_name: str, high_name: str, margin: float) -> Check:
+    """Per seed, `low`'s largest stable LR below `high`'s over the LRs both ran, by a sign test."""
+    lrs = shared_lrs(low, high)
+    a, b = seed_stable_lrs(low, lrs, margin), seed_stable_lrs(high, lrs, margin)
+    lower, higher, tied, _ = sign_counts(a, b)
     text = (
-        f"largest stable LR per seed, {low_name} {values_text(low.stable_by_seed, 'g')} vs {high_name} "
-        f"{values_text(high.stable_by_seed, 'g')}: {sign_text(lower, higher, tied, low_name)}"
+        f"largest stable LR per seed, {low_name} {values_text(a, 'g')} vs {high_name} {values_text(b, 'g')}: "
+        f"{sign_text(lower, higher, tied, low_name)}"
     )
     if stats.sign_test(lower, higher) <= stats.ALPHA:
         return Check(f"{text} (sign test p = {stats.sign_test(lower, higher):.3g})", True)
@@ -267,13 +302,11 @@ def stable_below(low: Evidence, high: Evidence, low_name: str, high_name: str) -
 def warmup_helps(post: Evidence, warm: Evidence, margin: float) -> Check:
     """Warm-up changes post-norm's outcome for the better: a larger stable LR in significantly many seeds, or a lower
     loss at its best LR."""
-    lower, higher, tied, _ = sign_counts(warm.stable_by_seed, post.stable_by_seed)
+    lrs = shared_lrs(post, warm)
+    lower, higher, tied, _ = sign_counts(seed_stable_lrs(warm, lrs, margin), seed_stable_lrs(post, lrs, margin))
     text = f"post-norm with vs without the long warm-up: largest stable LR {sign_text(lower, higher, tied, 'with')}"
-    p = (
-        stats.pair(warm.at_best.losses(), post.at_best.losses())
-        if warm.at_best and post.at_best
-        else stats.pair({}, {})
-    )
+    (_, at_warm), (_, at_post) = shared_best(warm, post)
+    p = stats.pair(losses_at(at_warm), losses_at(at_post))
     text += f"; {difference_text('final val loss at each best LR, with − without', p, ('with', 'without'))}"
     if stats.sign_test(higher, lower) <= stats.ALPHA or p.sign() == -1:
         return Check(text, True)
@@ -283,9 +316,9 @@ def warmup_helps(post: Evidence, warm: Evidence, margin: float) -> Check:
 
 
 def rule_b(ev: Mapping[str, Evidence], lrs: Sequence[float], margin: float) -> list[Check]:
-    checks = [stable_below(ev["post"], ev["pre"], "post", "pre")]
+    checks = [stable_below(ev["post"], ev["pre"], "post", "pre", margin)]
     if "pre_warmup" in ev:
-        checks.append(stable_below(ev["post_warmup"], ev["pre_warmup"], "post_warmup", "pre_warmup"))
+        checks.append(stable_below(ev["post_warmup"], ev["pre_warmup"], "post_warmup", "pre_warmup", margin))
     return [*checks, warmup_helps(ev["post"], ev["post_warmup"], margin)]
 
 
@@ -324,8 +357,9 @@ def sensitivity_lower(plain: Evidence, qk: Evidence, margin: float) -> Check:
     p = stats.pair(qk.sensitivity, plain.sensitivity)
     text = difference_text("LR sensitivity per seed, qk_norm − plain", p, ("qk_norm", "plain"))
     if p.sign() == -1:
-        best = stats.pair(qk.at_best.losses(), plain.at_best.losses()) if qk.at_best and plain.at_best else None
-        if best is not None and best.sign() == 1:
+        (_, at_qk), (_, at_plain) = shared_best(qk, plain)
+        best = stats.pair(losses_at(at_qk), losses_at(at_plain))
+        if best.sign() == 1:
             return Check(
                 f"{text}, but qk_norm's best loss is higher ({best.text()}): uniformly worse, not robust", None
             )
@@ -342,9 +376,10 @@ def rule_c(ev: Mapping[str, Evidence], lrs: Sequence[float], margin: float) -> l
 
 
 def dyt_trains(dyt: Evidence, rms: Evidence) -> Check:
-    """(d)'s condition: DyT trains, in every seed, at the RMSNorm baseline's best LR."""
-    at_d, at_r = dyt.at_lr.get(rms.best_lr), rms.at_lr.get(rms.best_lr)
-    where = f"at rms's best LR ({lr_text(rms.best_lr)})"
+    """(d)'s condition: DyT trains, in every seed, at the RMSNorm baseline's best LR (among the LRs both ran)."""
+    _, (best, at_r) = shared_best(dyt, rms)
+    at_d = dyt.at_lr.get(best)
+    where = f"at rms's best LR ({lr_text(best)})"
     if at_d is None or at_r is None or not at_d.runs:
         return Check(f"dyt has no finished run {where}: the claim's condition never arose", None)
     if at_d.failed or at_r.failed:
@@ -682,9 +717,8 @@ def declared(study: Study) -> dict[str, dict[str, Any]]:
         raise SweepDirectoryError(f"'{study.out_dir}' sweep.yaml: {err}") from None
 
 
-def evidence(study: Study, variant: str, result: VariantResult, tolerance: float) -> Evidence:
-    """One variant's finished runs as the rules read them: by LR and seed, with the per-seed LR sensitivity and
-    largest stable LR (`tolerance` in nats)."""
+def evidence(study: Study, variant: str, result: VariantResult) -> Evidence:
+    """One variant's finished runs as the rules read them: by LR and seed, with the per-seed LR sensitivity."""
     frame = study.frame[study.frame.finished & (study.frame.variant == variant)]
     groups = frame.groupby("lr", sort=True) if study.lr_key else [(None, frame)]
     at_lr: dict[float | None, AtLR] = {}
@@ -695,27 +729,8 @@ def evidence(study: Study, variant: str, result: VariantResult, tolerance: float
             logit = None if math.isnan(row.max_attn_logit) else float(row.max_attn_logit)
             seeds[row.seed] = SeedRun(loss, row.status in FAILED, logit)
         at_lr[None if lr is None else float(lr)] = AtLR(seeds)
-    return Evidence(
-        variant,
-        result.best_lr,
-        result.stable_lr,
-        at_lr,
-        dict(zip(result.sensitivity_seeds, result.sensitivity_values, strict=True)),
-        stable_by_seed(at_lr, study.lrs, tolerance) if study.lr_key else {},
-    )
-
-
-def stable_by_seed(at_lr: Mapping[float | None, AtLR], lrs: Sequence[float], tolerance: float) -> dict[Any, Any]:
-    """Seed -> its largest stable LR over its own runs, for the seeds with a usable run at every LR of the grid."""
-    seeds = set.intersection(*(set(at_lr[lr].seeds) if lr in at_lr else set() for lr in lrs)) if lrs else set()
-    out = {}
-    for seed in sorted(seeds, key=str):
-        runs = {lr: at_lr[lr].seeds[seed] for lr in lrs}
-        if all(run.failed or run.loss is not None for run in runs.values()):
-            out[seed] = stats.largest_stable_lr(
-                {lr: [None if r.failed else r.loss] for lr, r in runs.items()}, tolerance
-            )
-    return out
+    sensitivity = dict(zip(result.sensitivity_seeds, result.sensitivity_values, strict=True))
+    return Evidence(variant, result.best_lr, result.stable_lr, at_lr, sensitivity)
 
 
 def judge(study: Study, results: Mapping[str, VariantResult], tolerance: float) -> list[Judgement]:
@@ -729,7 +744,7 @@ def judge(study: Study, results: Mapping[str, VariantResult], tolerance: float) 
             role: study.variant(next(r for r in study.runs if matches(selector, r.grid)))
             for role, selector in role_selectors(declaration).items()
         }
-        ev = {role: evidence(study, v, results[v], margin) for role, v in variants.items()}
+        ev = {role: evidence(study, v, results[v]) for role, v in variants.items()}
         checks = finding.judge(ev, study.lrs, margin)
         out.append(Judgement(finding, variants, checks, margin, TOLERANCE in declaration))
     return out

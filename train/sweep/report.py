@@ -159,7 +159,7 @@ class Context:
     @cached_property
     def seeds(self) -> dict[str, findings.Evidence]:
         """Each variant's finished runs by LR and seed: what the paired comparisons read."""
-        return {v: findings.evidence(self.study, v, r, self.tolerance) for v, r in self.results.items()}
+        return {v: findings.evidence(self.study, v, r) for v, r in self.results.items()}
 
     def best_by_seed(self) -> dict[str, dict]:
         """Variant -> seed -> final val loss at the variant's best LR (stalled runs with theirs), where it has one."""
