@@ -26,6 +26,8 @@ comparison is over per-seed differences, on the seeds both roles have (n = the p
 way). A run *failed* when it diverged or stalled (sat on the unigram-entropy plateau: it learnt no context). The
 rules, fixed before any paired study ran (their words are `Finding.rule`, printed in every report):
 
+Where roles ran different learning rates (a sweep's `exclude`), every rule looks only at the LRs both ran.
+
 (a) RMSNorm ≈ LayerNorm in pre-norm. Per seed, rms's final validation loss minus layer's, each at its own best LR
     (lowest mean over seeds among LRs where no seed diverged; without an LR axis, the study's one LR). TOST
     equivalence within ±δ supports; a 95% interval entirely outside ±δ contradicts; otherwise, with fewer than 2
@@ -42,7 +44,7 @@ rules, fixed before any paired study ran (their words are `Finding.rule`, printe
     (sign test), or its loss at its best LR lower (paired interval below 0), supports; significantly many seeds
     lower, or no seed higher with the losses equivalent within δ (TOST) or higher, contradicts; otherwise cannot
     decide.
-(c) QK-norm bounds the attention logit and lowers LR sensitivity. Condition: plain's max attention logit at the grid's
+(c) QK-norm bounds the attention logit and lowers LR sensitivity. Condition: plain's max attention logit at the
     highest LR above 1e4 in EVERY seed. Then (1) qk_norm's max attention logit at that LR below 1e4 in every seed
     supports, at or above it in any seed contradicts; (2) per seed, qk_norm's LR sensitivity minus plain's (seeds
     with the whole LR grid in both): an interval below 0 supports (unless qk_norm's best loss is higher than plain's,
@@ -322,8 +324,9 @@ def rule_b(ev: Mapping[str, Evidence], lrs: Sequence[float], margin: float) -> l
     return [*checks, warmup_helps(ev["post"], ev["post_warmup"], margin)]
 
 
-def logit_regime(plain: Evidence, lrs: Sequence[float]) -> tuple[Check, float | None]:
-    """(c)'s condition: plain's max attention logit above the threshold in every seed at the grid's highest LR."""
+def logit_regime(plain: Evidence, qk: Evidence) -> tuple[Check, float | None]:
+    """(c)'s condition: plain's max attention logit above the threshold in every seed at the highest LR both ran."""
+    lrs = shared_lrs(plain, qk)
     top = max(lrs) if lrs else None
     at = plain.at_lr.get(top)
     if at is None or not at.runs:
@@ -371,7 +374,7 @@ def sensitivity_lower(plain: Evidence, qk: Evidence, margin: float) -> Check:
 
 def rule_c(ev: Mapping[str, Evidence], lrs: Sequence[float], margin: float) -> list[Check]:
     plain, qk = ev["plain"], ev["qk_norm"]
-    condition, top = logit_regime(plain, lrs)
+    condition, top = logit_regime(plain, qk)
     return gated(condition, [logit_bounded(qk, top), sensitivity_lower(plain, qk, margin)])
 
 
@@ -488,10 +491,11 @@ FINDINGS: dict[str, Finding] = {
             "Zhang & Sennrich 2019, *Root Mean Square Layer Normalization*; Team OLMo 2024, *2 OLMo 2 Furious*",
             (Role("rms", PRE_RMS), Role("layer", {"norm_type": "layer", "norm_placement": "pre"})),
             ("norm_type",),
-            "per seed, rms's final val loss minus layer's, each at its own best LR (without an LR axis, the study's "
-            "one LR). Equivalent within ±{margin:g} nats by TOST (the 90% t-interval strictly inside) supports; a "
-            "95% t-interval entirely outside ±{margin:g} contradicts; otherwise, with fewer than 2 paired seeds, or "
-            "when a role failed (diverged or stalled) in a seed at its best LR, cannot decide.",
+            "per seed, rms's final val loss minus layer's, each at its own best LR among the LRs both ran (without "
+            "an LR axis, the study's one LR). Equivalent within ±{margin:g} nats by TOST (the 90% t-interval "
+            "strictly inside) supports; a 95% t-interval entirely outside ±{margin:g} contradicts; otherwise, with "
+            "fewer than 2 paired seeds, or when a role failed (diverged or stalled) in a seed at its best LR, cannot "
+            "decide.",
             rule_a,
             needs_lr_axis=False,
         ),
@@ -507,8 +511,9 @@ FINDINGS: dict[str, Finding] = {
                 Role("pre_warmup", {"norm_placement": "pre"}, optional=True),
             ),
             ("norm_placement", "warmup_steps"),
-            "per seed, the largest stable LR (the largest LR where that seed trained, neither diverged nor stalled, "
-            "with a final loss within {margin:g} nats of its best; none ranks below every LR). (1) post vs pre, and "
+            "per seed, the largest stable LR over the LRs both compared roles ran (the largest LR where that seed "
+            "trained, neither diverged nor stalled, with a final loss within {margin:g} nats of its best; none ranks "
+            "below every LR). (1) post vs pre, and "
             "post_warmup vs pre_warmup when declared: post lower in significantly many seeds (exact one-sided sign "
             "test, ties left out, p ≤ 0.05) supports, higher contradicts, otherwise cannot decide. (2) warm-up helps "
             "post-norm: post_warmup higher than post in significantly many seeds, or its final loss at its best LR "
@@ -526,7 +531,7 @@ FINDINGS: dict[str, Finding] = {
             "Wortsman et al. 2023, *Small-scale proxies for large-scale Transformer training instabilities*",
             (Role("plain", {**PRE_RMS, "qk_norm": False}), Role("qk_norm", {**PRE_RMS, "qk_norm": True})),
             ("qk_norm",),
-            "judged only when plain's max attention logit at the grid's highest LR is above {threshold:g} in every "
+            "judged only when plain's max attention logit at the highest LR (both ran) is above {threshold:g} in every "
             "seed (the claim's regime). Then (1) qk_norm's max attention logit there below {threshold:g} in every "
             "seed supports, at or above it in any seed contradicts; (2) per seed, qk_norm's LR sensitivity minus "
             "plain's: a paired 95% t-interval below 0 supports (unless qk_norm's final loss at its best LR is higher, "
@@ -541,13 +546,13 @@ FINDINGS: dict[str, Finding] = {
             "Zhu et al. 2025, *Transformers without Normalization*",
             (Role("none", {"norm_type": "none"}), Role("dyt", {"norm_type": "dyt"}), Role("rms", {"norm_type": "rms"})),
             ("norm_type",),
-            "judged only when dyt and rms trained (neither diverged nor stalled) in every seed at rms's best LR: DyT "
-            "trains at the RMSNorm baseline's LR. Then at the highest LR where dyt and rms trained in every seed: if "
-            "none trained in every seed, its final loss minus dyt's and minus rms's, paired 95% t-intervals above 0 "
-            "against both, supports, and equivalent within ±{margin:g} nats (TOST) or below 0 against either "
-            "contradicts; if none failed in some seeds, an exact sign test per partner with a failed run ranked "
-            "worst, none worse in significantly many seeds (p ≤ 0.05) against both, supports. Otherwise cannot "
-            "decide.",
+            "judged only when dyt and rms trained (neither diverged nor stalled) in every seed at rms's best LR "
+            "among the LRs both ran: DyT trains at the RMSNorm baseline's LR. Then at the highest LR where dyt and "
+            "rms trained in every seed: if none trained in every seed, its final loss minus dyt's and minus rms's, "
+            "paired 95% t-intervals above 0 against both, supports, and equivalent within ±{margin:g} nats (TOST) "
+            "or below 0 against either contradicts; if none failed in some seeds, an exact sign test per partner "
+            "with a failed run ranked worst, none worse in significantly many seeds (p ≤ 0.05) against both, "
+            "supports. Otherwise cannot decide.",
             rule_d,
         ),
     )
