@@ -153,6 +153,8 @@ def test_unpaired_seeds_are_left_out_and_named():
     assert p.unpaired_text("rms", "layer") == "seed(s) 5 only in rms; seed(s) 3, 4 only in layer (left out)"
     assert stats.pair({0: math.nan}, {0: 1.0}).n == 0 and stats.pair({}, {}).text() == "no paired seeds"
     assert stats.pair({0: 1.0}, {0: 2.0}).text() == "-1.000 (1 paired seed: no interval)"
+    assert stats.pair({0: 0.1 + 0.2, 1: 1.0}, {0: 0.3, 1: 1.0}).identical  # equal up to float rounding
+    assert not stats.pair({0: 1.0, 1: 1.0}, {0: 1.0, 1: 1.001}).identical
 
 
 def test_the_sign_test_is_exact_and_needs_five_seeds_at_alpha_005():

@@ -312,7 +312,7 @@ def paired_sentence(label_a: str, label_b: str, p: stats.Paired, quantity: str, 
         return f"{label_a} vs {label_b}{where}: {quantity}: no seed has a result in both, nothing to compare{tail}."
     if p.n == 1:
         return f"{head}: a single paired seed gives no interval{tail}."
-    if p.sd == 0 and p.mean == 0:
+    if p.identical:
         return f"{head}: equal in every paired seed{tail}."
     sign = p.sign()
     if sign == 0:

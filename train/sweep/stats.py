@@ -92,6 +92,11 @@ class Paired:
         half = float(dist.t.ppf(0.5 + confidence / 2, self.n - 1)) * self.sd / math.sqrt(self.n)
         return self.mean - half, self.mean + half
 
+    @property
+    def identical(self) -> bool:
+        """Every paired difference is zero (to 1e-9, float rounding of equal runs): nothing to test."""
+        return self.n > 0 and all(abs(d) <= 1e-9 for d in self.diffs)
+
     def sign(self) -> int | None:
         """-1 when the 95% interval lies below 0 (a is lower), +1 above, 0 when it holds 0; None below 2 pairs."""
         ci = self.interval()
