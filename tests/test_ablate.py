@@ -629,10 +629,11 @@ def test_mini_sweep_end_to_end_then_resume_launches_nothing(corpus, tmp_path):
     assert yaml.safe_load((out / "sweep.yaml").read_text())["findings"] == sweep["findings"]
     md = (out / "report.md").read_text()
     assert "float32" in md and "placement" in md and "norm=rms vs norm=layer" in md
-    # One seed: the finding's row is there, and its computed verdict says a single seed cannot decide it.
+    # One seed: the finding's row is there, and its computed verdict says a single paired seed cannot decide it.
     row = next(line for line in md.splitlines() if line.startswith("| (a) RMSNorm ≈ LayerNorm in pre-norm blocks"))
-    assert "rms: norm=rms; layer: norm=layer" in row and "a single seed gives no spread [cannot decide]" in row
-    assert row.endswith("| **inconclusive at this seed count** |")
+    assert "rms: norm=rms; layer: norm=layer" in row
+    assert "1 paired seed(s): no interval and no power estimate [cannot decide]" in row
+    assert row.endswith("| **inconclusive** |")
     links = [line.split("(")[1].rstrip(")") for line in md.splitlines() if line.startswith("![")]
     assert len(links) >= 5
     for link in links:
@@ -645,7 +646,7 @@ def test_mini_sweep_end_to_end_then_resume_launches_nothing(corpus, tmp_path):
     assert "nothing to launch: all 4 runs finished" in again.stdout
     assert {n: (run_dir(out, n) / "summary.json").stat().st_mtime_ns for n in names} == mtimes
     assert len((out / LAUNCHES).read_text().splitlines()) == 4  # one row per launch, none new
-    assert "| **inconclusive at this seed count** |" in (out / "report.md").read_text()  # the report, rewritten
+    assert "| **inconclusive** |" in (out / "report.md").read_text()  # the report, rewritten
 
 
 @pytest.mark.slow
