@@ -1,6 +1,6 @@
-"""The report of a sweep (train/sweep/: stats, study, figures, report): the statistics on constructed numbers (LR
-sensitivity, largest stable LR, seed spread and the refusal to rank within it), and the whole report on sweep
-directories written through train/run_directory.py, on the legacy sweep kept as test data, and on damaged ones."""
+"""The report of a sweep (train/sweep/: study, figures, report, findings; the statistics are tests/test_stats.py): the
+verdict rules on constructed evidence, and the whole report on sweep directories written through
+train/run_directory.py, on the legacy sweep kept as test data, and on damaged ones."""
 
 import csv
 import dataclasses

@@ -642,7 +642,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tolerance",
         type=float,
         default=DEFAULT_TOLERANCE,
-        help=f"largest stable LR: mean final loss within this many nats of the best LR's (default {DEFAULT_TOLERANCE})",
+        help=f"nats: largest stable LR (mean final loss within it of the best LR's), and the equivalence margin of "
+        f"findings that declare no tolerance (default {DEFAULT_TOLERANCE})",
     )
     args = parser.parse_args(argv)
     try:
