@@ -15,8 +15,9 @@ the set of runs (keys are the trainer's flags without `--`, exactly as on its co
     exclude:                                # optional: drop the combinations matching any of these
       - {norm: layer, learning_rate: 1.0e-2}
     description: one paragraph for the report   # optional
-    findings:                               # optional: published findings it tests, and the variant in each role
-      a: {rms: {norm: rms}, layer: {norm: layer}}   # (train/sweep/findings.py); the report computes each verdict
+    findings:                               # optional: published findings it tests, the variant in each role and
+      a: {rms: {norm: rms}, layer: {norm: layer}, tolerance: 0.1}   # the tolerance in nats (train/sweep/findings.py);
+                                            # the report computes each verdict from paired seeds
 
 Every value must be a single, finite value. Every run is `accelerate launch --num_processes 1 train/train.py --config
 BASE <overrides> <grid values> --output_dir DIR/runs/<name>`, named from its grid values

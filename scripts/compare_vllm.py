@@ -1,6 +1,6 @@
 """vLLM against transformers on the same exported model: tokenization and greedy continuations.
 
-    python -m model.export runs/tiny-rms out/tiny
+    normgpt export runs/tiny-rms out/tiny
     python scripts/compare_vllm.py out/tiny                         # built-in Python and English snippets
     python scripts/compare_vllm.py out/tiny --texts held_out.txt --new_tokens 32 --json
 
@@ -9,7 +9,7 @@ transformers tokenizer's ids, and whether vLLM's greedy continuation of those id
 is token for token the one transformers computes with float32 argmax. Both run in float32 on the CPU or the GPU vLLM
 was built for. Needs vLLM in the same environment as transformers; it does not need normgpt, so it runs in a separate
 environment for vLLM (whose builds pin their own torch and transformers). The model must be a stock export (the
-default of `python -m model.export`); vLLM's CPU attention supports head sizes of 32 and more.
+default of `normgpt export`); vLLM's CPU attention supports head sizes of 32 and more.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def compare(model_dir: Path, texts: list[str], new_tokens: int = 16) -> dict[str
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(name="compare_vllm", description="Compare vLLM with transformers on an exported model.")
-    parser.add_argument("model_dir", type=Path, help="a stock export (python -m model.export)")
+    parser.add_argument("model_dir", type=Path, help="a stock export (normgpt export)")
     parser.add_argument("--texts", type=Path, help="text file; each blank-line separated paragraph is one text")
     parser.add_argument("--new_tokens", type=int, default=16)
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if json.loads(config.read_text()).get("model_type") == "normgpt":
         print(
             f"compare_vllm: error: '{args.model_dir}' is in normgpt's remote-code format, which vLLM does not load; "
-            "pass a stock export (python -m model.export)",
+            "pass a stock export (normgpt export)",
             file=sys.stderr,
         )
         return 2

@@ -543,6 +543,45 @@ def test_the_findings_cpu_study_tests_each_finding_with_3_seeds_within_25_minute
     assert declared == ["a", "b", "c", "d"]
 
 
+PAIRED_CPU = REPO_ROOT / "configs" / "ablations" / "paired_cpu"
+
+
+def test_the_paired_cpu_studies_have_5_or_more_seeds_a_pilot_each_and_fit_25_minutes():
+    """Each study states its budget as runs x measured seconds per run; its pilot is the same sweep with seeds 0
+    and 1 (run into the study's directory, so the study keeps those runs)."""
+    flags, declared = spec.trainer_flags(), []
+    for path in sorted(PAIRED_CPU.glob("[abcd]_*.yaml")):
+        sweep = spec.load_sweep(path, flags)
+        seeds = sweep.grid["seed"]
+        assert sweep.base.name == "tiny.yaml" and seeds == list(range(len(seeds))) and len(seeds) >= 5, path.name
+        (key,) = sweep.findings
+        assert sweep.findings[key]["tolerance"] > 0, path.name  # declared before the study runs
+        declared.append(key)
+        runs, seconds, minutes = re.search(r"= (\d+) runs x (\d+) s = ([\d.]+) minutes", path.read_text()).groups()
+        assert int(runs) == len(sweep.runs) and float(minutes) == round(len(sweep.runs) * int(seconds) / 60, 1) <= 25
+        pilot = spec.load_sweep(PAIRED_CPU / "pilot" / path.name, flags)
+        assert pilot.grid == {**sweep.grid, "seed": [0, 1]}, path.name
+        same = ("base", "overrides", "exclude", "findings")
+        assert [getattr(pilot, k) for k in same] == [getattr(sweep, k) for k in same], path.name
+        out = re.search(r"--output_dir (\S+)", path.read_text()).group(1)
+        assert re.search(r"--output_dir (\S+)", pilot.path.read_text()).group(1) == out, path.name
+    assert declared == ["a", "b", "c", "d"]
+
+
+def test_the_gpu_window_study_fits_8_minutes_by_its_own_arithmetic():
+    path = REPO_ROOT / "configs" / "ablations" / "gpu_window.yaml"
+    gpu, text = spec.load_sweep(path, spec.trainer_flags()), path.read_text()
+    assert gpu.grid["seed"] == [0, 1, 2, 3, 4] and list(gpu.findings) == ["a", "b", "c", "d"]
+    assert f"= {len(gpu.runs)} runs" in text
+    run = gpu.runs[0].resolved
+    tokens = run.training.max_steps * run.training.per_device_train_batch_size * run.data.block_size
+    cpu_tokens = 200 * 16 * 128  # the CPU study's runs: tiny model, 200 steps of 16 x 128
+    assert tokens >= 20 * cpu_tokens and f"{tokens:,}" in text
+    minutes = float(re.search(r"= ([\d.]+) minutes \(limit: 8\)", text).group(1))
+    assert minutes <= 8
+    assert 1e6 <= parameters(gpu.runs[0]) <= 10e6 and f"{parameters(gpu.runs[0]) / 1e6:.2f}M parameters" in text
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # End to end through accelerate launch and the trainer
 
@@ -590,10 +629,11 @@ def test_mini_sweep_end_to_end_then_resume_launches_nothing(corpus, tmp_path):
     assert yaml.safe_load((out / "sweep.yaml").read_text())["findings"] == sweep["findings"]
     md = (out / "report.md").read_text()
     assert "float32" in md and "placement" in md and "norm=rms vs norm=layer" in md
-    # One seed: the finding's row is there, and its computed verdict says a single seed cannot decide it.
+    # One seed: the finding's row is there, and its computed verdict says a single paired seed cannot decide it.
     row = next(line for line in md.splitlines() if line.startswith("| (a) RMSNorm ≈ LayerNorm in pre-norm blocks"))
-    assert "rms: norm=rms; layer: norm=layer" in row and "a single seed gives no spread [cannot decide]" in row
-    assert row.endswith("| **inconclusive at this seed count** |")
+    assert "rms: norm=rms; layer: norm=layer" in row
+    assert "1 paired seed(s): no interval and no power estimate [cannot decide]" in row
+    assert row.endswith("| **inconclusive** |")
     links = [line.split("(")[1].rstrip(")") for line in md.splitlines() if line.startswith("![")]
     assert len(links) >= 5
     for link in links:
@@ -606,7 +646,7 @@ def test_mini_sweep_end_to_end_then_resume_launches_nothing(corpus, tmp_path):
     assert "nothing to launch: all 4 runs finished" in again.stdout
     assert {n: (run_dir(out, n) / "summary.json").stat().st_mtime_ns for n in names} == mtimes
     assert len((out / LAUNCHES).read_text().splitlines()) == 4  # one row per launch, none new
-    assert "| **inconclusive at this seed count** |" in (out / "report.md").read_text()  # the report, rewritten
+    assert "| **inconclusive** |" in (out / "report.md").read_text()  # the report, rewritten
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
-"""The report of a sweep (train/sweep/: stats, study, figures, report): the statistics on constructed numbers (LR
-sensitivity, largest stable LR, seed spread and the refusal to rank within it), and the whole report on sweep
-directories written through train/run_directory.py, on the legacy sweep kept as test data, and on damaged ones."""
+"""The report of a sweep (train/sweep/: study, figures, report, findings; the statistics are tests/test_stats.py): the
+verdict rules on constructed evidence, and the whole report on sweep directories written through
+train/run_directory.py, on the legacy sweep kept as test data, and on damaged ones."""
 
 import csv
 import dataclasses
@@ -19,99 +19,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LEGACY_SWEEP = REPO_ROOT / "tests" / "data" / "legacy_sweep"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 S = stats.Spread
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The statistics
-
-
-def test_lr_sensitivity_matches_the_definition():
-    init = 10.0
-    # Losses 4, 3, 5 at three LRs: E[min(l, init)] - min l = (4 + 3 + 5) / 3 - 3 = 1.
-    assert stats.lr_sensitivity({1e-3: 4.0, 3e-3: 3.0, 1e-2: 5.0}, init) == pytest.approx(1.0)
-    # A diverged run (None or NaN) counts as the loss at init: (4 + 3 + 10) / 3 - 3.
-    expected = (4 + 3 + 10) / 3 - 3
-    assert stats.lr_sensitivity({1e-3: 4.0, 3e-3: 3.0, 1e-2: None}, init) == pytest.approx(expected)
-    assert stats.lr_sensitivity({1e-3: 4.0, 3e-3: 3.0, 1e-2: math.nan}, init) == pytest.approx(expected)
-    assert stats.lr_sensitivity({1e-3: 4.0, 3e-3: 3.0, 1e-2: math.inf}, init) == pytest.approx(expected)
-    # A loss above init is clipped to init, exactly like a divergence.
-    assert stats.lr_sensitivity({1e-3: 4.0, 3e-3: 3.0, 1e-2: 12.0}, init) == pytest.approx(expected)
-    # Flat across LRs: insensitive.
-    assert stats.lr_sensitivity({1e-3: 3.0, 3e-3: 3.0}, init) == 0.0
-    # Nothing learnt anywhere: every term is init - init.
-    assert stats.lr_sensitivity({1e-3: None, 3e-3: 11.0}, init) == 0.0
-    with pytest.raises(ValueError):
-        stats.lr_sensitivity({}, init)
-
-
-def test_sensitivity_over_seeds_uses_only_seeds_with_the_whole_lr_grid():
-    lrs = [1e-3, 1e-2]
-    per_seed = {0: {1e-3: 4.0, 1e-2: 3.0}, 1: {1e-3: 4.0, 1e-2: 5.0}, 2: {1e-3: 4.0}}  # seed 2 lacks 1e-2
-    spread, used, values = stats.sensitivity_over_seeds(per_seed, {0: 10.0, 1: 10.0, 2: 10.0}, lrs)
-    assert used == [0, 1] and values == [pytest.approx(0.5), pytest.approx(0.5)]
-    # Seed 0: (4 + 3) / 2 - 3 = 0.5; seed 1: (4 + 5) / 2 - 4 = 0.5.
-    assert spread.mean == pytest.approx(0.5) and spread.pm == pytest.approx(0.0) and spread.n == 2
-    assert stats.sensitivity_over_seeds({2: {1e-3: 4.0}}, {2: 10.0}, lrs) == (None, [], [])
-    # A seed without a loss at init cannot be clipped: left out.
-    assert stats.sensitivity_over_seeds({0: {1e-3: 4.0, 1e-2: 3.0}}, {}, lrs) == (None, [], [])
-
-
-def test_largest_stable_lr_and_best_lr():
-    per_lr = {
-        1e-3: [3.50, 3.52],
-        3e-3: [3.40, 3.42],  # best mean 3.41
-        1e-2: [3.48, 3.50],  # within 0.1 of the best
-        3e-2: [3.60, 3.62],  # stable but 0.2 worse
-        1e-1: [3.45, None],  # one seed diverged: never stable, however good the other seed
-    }
-    assert stats.best_lr(per_lr) == 3e-3
-    assert stats.largest_stable_lr(per_lr, tolerance=0.1) == 1e-2
-    assert stats.largest_stable_lr(per_lr, tolerance=0.25) == 3e-2
-    assert stats.largest_stable_lr(per_lr, tolerance=0.0) == 3e-3
-    assert stats.largest_stable_lr({1e-3: [None], 1e-2: [math.nan]}, 0.1) is None
-    assert stats.best_lr({1e-3: [None]}) is None
-    assert stats.largest_stable_lr({1e-3: [], 1e-2: [3.0]}, 0.1) == 1e-2  # an LR with no finished runs is ignored
-    assert stats.best_lr({1e-3: [3.0], 1e-2: [3.0]}) == 1e-3  # ties go to the smaller LR
-
-
-def test_seed_spread_is_std_from_three_seeds_half_range_for_two_none_for_one():
-    three = stats.seed_spread([1.0, 2.0, 3.0])
-    assert (three.mean, three.pm, three.n, three.kind) == (2.0, pytest.approx(1.0), 3, "std")
-    two = stats.seed_spread([3.0, 3.5])
-    assert (two.mean, two.pm, two.kind) == (3.25, 0.25, "half-range")
-    one = stats.seed_spread([3.0])
-    assert (one.pm, one.kind) == (None, "single seed")
-    assert stats.seed_spread([]) is None
-    assert two.text() == "3.250 ± 0.250" and one.text() == "3.000 (1 seed)"
-    assert "half the min–max range over 2 seeds" in stats.spread_meaning([two])
-    assert "std" in stats.spread_meaning([three])
-
-
-def test_ranking_refuses_differences_within_the_seed_spread():
-    a, b = S(3.412, 0.010, 3), S(3.405, 0.012, 3)  # the intervals overlap
-    c = S(3.600, 0.010, 3)
-    assert stats.distinguishable(a, b) is False
-    assert stats.distinguishable(a, c) is True
-    assert stats.distinguishable(S(3.0, None, 1), S(4.0, None, 1)) is None
-    text = stats.compare("rms", a, "layer", b, "final val loss")
-    assert text.startswith("rms vs layer: final val loss 3.412 ± 0.010 vs 3.405 ± 0.012 over 3 seeds")
-    assert "not distinguishable at this seed count" in text and "std" in text
-    text = stats.compare("rms", a, "post", c, "final val loss")
-    assert "rms is lower by 0.188" in text and "not distinguishable" not in text
-    assert "not ranked" in stats.compare("x", S(3.0, None, 1), "y", S(4.0, None, 1), "loss")
-    assert stats.ranking({"rms": a, "layer": b, "post": c}) == [("layer", "post"), ("rms", "post")]
-    assert stats.ranking({"rms": a, "layer": b}) == []
-
-
-def test_low_sensitivity_from_being_bad_everywhere_is_called_out():
-    sensitivity = {"pre": S(0.78, 0.02, 2), "post": S(0.62, 0.06, 2), "other": S(0.60, 0.05, 2)}
-    best = {"pre": S(5.69, 0.06, 2), "post": S(6.26, 0.07, 2), "other": S(5.70, 0.05, 2)}
-    assert stats.uniformly_worse(sensitivity, best) == [("post", "pre")]
-
-
-def test_band_aligns_curves_on_step_and_drops_non_finite_values():
-    xs, mean, lo, hi = stats.band([[(0, 1.0), (1, 2.0)], [(0, 3.0), (1, math.nan), (2, 5.0)]])
-    assert xs == [0, 1, 2] and mean == [2.0, 2.0, 5.0] and lo == [1.0, 2.0, 5.0] and hi == [3.0, 2.0, 5.0]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -244,16 +151,19 @@ def test_report_end_to_end_on_a_synthetic_sweep(tmp_path, capsys):
     assert "placement" in md and "eps" in md and NUMERICS in md and "1e-06" in md
     for variant in ("norm=rms, norm_placement=pre", "norm=layer, norm_placement=post"):
         assert variant in md
-    # One field changes per comparison. rms vs layer differ by nothing: refused; pre vs post differ by 0.3: ranked.
+    # One field changes per comparison, paired by seed. rms vs layer differ by nothing in every seed; pre vs post by
+    # 0.3 in every seed: resolved, although the seeds themselves spread.
     lines = [line for line in md.splitlines() if line.startswith("- ")]
     rms_layer = [line for line in lines if line.startswith("- norm=rms vs norm=layer (norm_placement=pre): final")]
-    assert len(rms_layer) == 1 and "not distinguishable at this seed count" in rms_layer[0]
-    assert "3.455 ± 0.005 vs 3.455 ± 0.005 over 2 seeds" in rms_layer[0]
-    assert "half the min–max range over 2 seeds" in rms_layer[0]
+    assert rms_layer == [
+        "- norm=rms vs norm=layer (norm_placement=pre): final val loss at its best LR, norm=rms − norm=layer = "
+        "+0.000 ± 0.000 (95% t-interval, 2 paired seeds): equal in every paired seed."
+    ]
+    assert "half the min–max range over 2 seeds" in md  # the results table's spread
     pre_post = [line for line in lines if line.startswith("- norm_placement=pre vs norm_placement=post (norm=rms)")]
-    assert "norm_placement=pre is lower by 0.300" in pre_post[0]
+    assert "norm_placement=pre is lower by 0.300 (the interval excludes 0)" in pre_post[0]
     assert not [line for line in lines if "norm=rms, norm_placement=pre vs norm=layer, norm_placement=post" in line]
-    assert "Resolved orderings (final loss, lower is better): " in md
+    assert "Resolved orderings (final loss, lower is better, paired by seed): " in md
     assert "Caveat" not in md  # here post is both worse and more LR-sensitive: nothing to qualify
     assert "What this does and does not show" in md and "small-scale proxies" in md
     assert "2 seed(s) per setting" in md and "3 learning rates from 0.001 to 0.01" in md
@@ -311,7 +221,7 @@ def test_runs_without_a_result_are_listed_and_contribute_only_their_progress(tmp
         dataclasses.replace(Summary.read(run_dir), status=status, stop_reason="x", stop_step=10).write(run_dir)
     assert report.main([str(tmp_path)]) == 0
     md = (tmp_path / "report.md").read_text()
-    assert "not ranked (a single seed gives no spread estimate)" in md
+    assert "a single paired seed gives no interval" in md
     assert "no variant is ranked" in md
     assert "3 completed" in md and "1 failed" in md and "2 incomplete" in md and "1 interrupted" in md
     assert "1 missing" in md and f"last launch failed (see `ablate_error.log` in each): `{names[0]}`" in md
@@ -501,27 +411,27 @@ def test_the_shared_legend_stays_inside_the_figure_however_long_the_variant_name
 
 YES, NO, UNSURE = findings.Verdict.REPRODUCED, findings.Verdict.NOT_REPRODUCED, findings.Verdict.INCONCLUSIVE
 MARGIN = 0.1
+BASE = {0: 4.70, 1: 4.90, 2: 4.60, 3: 4.80, 4: 4.75}  # five seeds that spread far more than the differences below
 
 
-def at(loss=None, runs=3, failed=0, logit=None) -> findings.AtLR:
-    return findings.AtLR(runs, failed, loss, logit)
+def seeds(*offsets: float, base=BASE) -> dict:
+    """BASE shifted seed by seed (a single offset shifts every seed); fewer offsets than seeds drop the rest."""
+    offsets = offsets * len(base) if len(offsets) == 1 else offsets
+    return {seed: base[seed] + d for seed, d in zip(base, offsets, strict=False)}
 
 
-def ev(best=None, best_lr=None, stable=None, sens=None, at_lr=None, failed_at_best=False) -> findings.Evidence:
-    return findings.Evidence("v", best, best_lr, stable, sens, at_lr or {}, failed_at_best)
+def at(losses=None, failed=(), logits=None) -> findings.AtLR:
+    losses, logits = losses or {}, logits or {}
+    keys = sorted(set(losses) | set(logits) | set(failed))
+    return findings.AtLR({k: findings.SeedRun(losses.get(k), k in failed, logits.get(k)) for k in keys})
+
+
+def ev(best_lr=3e-3, at_lr=None, sens=None) -> findings.Evidence:
+    return findings.Evidence("v", best_lr, None, at_lr or {}, sens or {})
 
 
 def verdict(key: str, roles: dict, lrs=(1e-3, 3e-3, 1e-2)) -> findings.Verdict:
     return findings.combine(findings.FINDINGS[key].judge(roles, list(lrs), MARGIN))
-
-
-def test_equal_within_and_beyond_a_threshold():
-    assert stats.equal_within(S(4.70, 0.02, 3), S(4.72, 0.03, 3), 0.1) is True  # overlap, spreads 0.05 <= 0.1
-    assert stats.equal_within(S(4.70, 0.08, 3), S(4.72, 0.06, 3), 0.1) is None  # overlap, but 0.14 of noise
-    assert stats.equal_within(S(4.60, 0.02, 3), S(4.80, 0.02, 3), 0.1) is False  # distinguishable
-    assert stats.equal_within(S(4.7, None, 1), S(4.7, 0.01, 3), 0.1) is None
-    assert stats.beyond(S(2e4, 5e3, 3), 1e4) is True and stats.beyond(S(50.0, 5.0, 3), 1e4) is False
-    assert stats.beyond(S(1.1e4, 2e3, 3), 1e4) is None and stats.beyond(S(2e4, None, 1), 1e4) is None
 
 
 def test_combine_needs_every_check_to_support_and_any_contradiction_refutes():
@@ -529,78 +439,142 @@ def test_combine_needs_every_check_to_support_and_any_contradiction_refutes():
     assert findings.combine([yes, yes]) is YES
     assert findings.combine([yes, no, maybe]) is NO
     assert findings.combine([yes, maybe]) is UNSURE and findings.combine([]) is UNSURE
+    # A condition not met: the other checks are shown but decide nothing, not even a contradiction.
+    assert findings.combine(findings.gated(maybe, [no, yes])) is UNSURE
+    assert findings.gated(maybe, [no])[1].text == "x (not judged: the condition was not met)"
+    assert findings.combine(findings.gated(yes, [no])) is NO
 
 
-def test_rule_a_rms_and_layer_the_same_only_when_the_spread_resolves_the_margin():
-    def a(rms, layer, **kw):
-        return verdict("a", {"rms": ev(rms, 3e-3, **kw), "layer": ev(layer, 3e-3)})
+def test_rule_a_rms_and_layer_equivalent_by_a_paired_tost():
+    def a(rms, layer, failed=(), extra=None):
+        roles = {"rms": ev(at_lr={3e-3: at(rms, failed)}), "layer": ev(at_lr={3e-3: at(layer)})}
+        for role, (lr, losses) in (extra or {}).items():
+            roles[role].at_lr[lr] = at(losses)
+        checks = findings.rule_a(roles, [1e-3, 3e-3, 1e-2], MARGIN)
+        return findings.combine(checks), checks[0].text
 
-    assert a(S(4.70, 0.02, 3), S(4.72, 0.03, 3)) is YES
-    assert a(S(4.60, 0.02, 3), S(4.80, 0.02, 3)) is NO
-    assert a(S(4.70, 0.08, 3), S(4.72, 0.06, 3)) is UNSURE  # within noise, but the noise is wider than the margin
-    assert a(S(4.70, None, 1), S(4.70, None, 1)) is UNSURE
-    assert a(S(6.58, 0.01, 3), S(6.58, 0.01, 3), failed_at_best=True) is UNSURE  # both "equal" on the plateau: no
-    text = findings.rule_a({"rms": ev(S(4.7, 0.02, 3), 3e-3), "layer": ev(S(4.72, 0.03, 3), 1e-2)}, [1e-3], 0.1)[0]
-    assert "rms 4.700 ± 0.020 vs layer 4.720 ± 0.030 at their best LRs (0.003, 0.01)" in text.text
+    # Seeds spread by 0.3 nats, the differences by 0.02: equivalent within 0.1 although the seed spreads overlap.
+    result, text = a(BASE, seeds(0.01, -0.01, 0.02, 0.0, -0.02))
+    assert result is YES and text.startswith("final val loss at their shared best LR (0.003), rms − layer: +0.000")
+    assert "5 paired seeds" in text and "equivalent within ±0.1 nats (TOST p = " in text
+    assert a(BASE, seeds(0.3, 0.31, 0.29, 0.3, 0.3))[0] is NO  # further apart than 0.1 in every seed
+    result, text = a(BASE, seeds(0.2, -0.2, 0.15, -0.1, 0.05))  # within the noise, but the noise is wide
+    assert result is UNSURE and "not resolved; could have detected differences ≥ " in text
+    assert "equivalence would need a tolerance of at least " in text and "observed " in text
+    result, text = a({0: 4.7}, {0: 4.7})
+    assert result is UNSURE and "1 paired seed(s): no interval and no power estimate" in text
+    result, text = a(BASE, seeds(0.0), failed=(1,))  # rms stalled in seed 1 at its best LR
+    assert result is UNSURE and "failed (diverged or stalled) at its best LR: rms in seed(s) 1" in text
+    result, text = a(BASE, seeds(0.01, -0.01, 0.02, 0.0))  # layer lacks seed 4: paired over 4
+    assert "4 paired seeds); seed(s) 4 only in rms (left out)" in text
+    # Each at its own best LR among the LRs both ran: layer is better at 0.01, rms at 0.003 ...
+    extra = {"rms": (1e-2, seeds(0.3)), "layer": (1e-2, seeds(-0.1))}
+    result, text = a(BASE, seeds(0.0), extra=extra)
+    assert "at their best LRs (0.003, 0.01), rms − layer: +0.100" in text
+    # ... and an LR only one role ran is never its best: rms's 0.03 is outside layer's grid.
+    result, text = a(BASE, seeds(0.0), extra={"rms": (3e-2, seeds(-1.0))})
+    assert "at their shared best LR (0.003)" in text and result is YES
+
+
+LRS = (1e-3, 3e-3, 1e-2)
+
+
+def upto(top, n=5, loss=BASE, lrs=LRS) -> findings.Evidence:
+    """A role that trained, with the same loss, at every LR up to `top` and failed above it, in each of n seeds."""
+    losses = {k: v for k, v in loss.items() if k < n}
+    at_lr = {lr: at(losses) if top is not None and lr <= top else at(failed=range(n)) for lr in lrs}
+    return ev(1e-3, at_lr)
 
 
 def test_rule_b_post_norm_stable_lr_below_pre_and_warmup_helping():
-    same = S(5.3, 0.02, 3)
-
-    def b(pre, post, warm, pre_warm=None, warm_best=same):
-        roles = {"pre": ev(same, stable=pre), "post": ev(same, stable=post), "post_warmup": ev(warm_best, stable=warm)}
-        if pre_warm is not None:
-            roles["pre_warmup"] = ev(same, stable=pre_warm)
+    def b(pre, post, warm, pre_warm=None):
+        roles = {"pre": pre, "post": post, "post_warmup": warm}
+        roles |= {"pre_warmup": pre_warm} if pre_warm is not None else {}
         return verdict("b", roles)
 
-    assert b(pre=3e-3, post=1e-3, warm=3e-3, pre_warm=1e-2) is YES
-    assert b(pre=3e-3, post=None, warm=1e-3) is YES  # post-norm stable nowhere without warm-up
-    assert b(pre=1e-3, post=3e-3, warm=1e-2) is NO  # post-norm's largest stable LR above pre-norm's
-    assert b(pre=3e-3, post=1e-3, warm=1e-3) is NO  # warm-up changed nothing: same stable LR, equal loss
-    assert b(pre=3e-3, post=1e-3, warm=1e-3, warm_best=S(5.0, 0.02, 3)) is YES  # ... or a distinguishably lower loss
-    assert b(pre=3e-3, post=1e-3, warm=1e-3, warm_best=S(5.25, 0.1, 3)) is UNSURE  # lower within a wide spread
-    assert b(pre=3e-3, post=3e-3, warm=1e-2) is UNSURE  # the grid does not separate post from pre
-    assert b(pre=3e-3, post=1e-3, warm=3e-3, pre_warm=3e-3) is UNSURE  # ... nor, with warm-up, post_warmup from pre
+    assert b(pre=upto(3e-3), post=upto(1e-3), warm=upto(3e-3), pre_warm=upto(1e-2)) is YES
+    assert b(pre=upto(3e-3), post=upto(None), warm=upto(1e-3)) is YES  # post-norm stable nowhere without warm-up
+    assert b(pre=upto(1e-3), post=upto(3e-3), warm=upto(1e-2)) is NO  # post's stable LR above pre's in 5 seeds
+    assert b(pre=upto(3e-3), post=upto(1e-3), warm=upto(1e-3)) is NO  # warm-up changed nothing, equal losses
+    lower = seeds(-0.2, -0.21, -0.19, -0.2, -0.2)
+    assert b(pre=upto(3e-3), post=upto(1e-3), warm=upto(1e-3, loss=lower)) is YES  # ... or a lower loss
+    wide = seeds(-0.3, 0.2, -0.25, 0.15, -0.1)
+    assert b(pre=upto(3e-3), post=upto(1e-3), warm=upto(1e-3, loss=wide)) is UNSURE
+    assert b(pre=upto(3e-3), post=upto(3e-3), warm=upto(1e-2)) is UNSURE  # the grid does not separate them
+    assert b(pre=upto(3e-3, 4), post=upto(1e-3, 4), warm=upto(3e-3, 4)) is UNSURE  # 4 seeds: p = 1/16
+    check = findings.stable_below(upto(1e-3, 4), upto(3e-3, 4), "post", "pre", MARGIN)
+    assert "post lower in 4, higher in 0, tied in 0 of 4 paired seeds: not resolved; sign test p = 0.0625" in check.text
+    assert "at least 5 untied seeds all one way" in check.text
+    assert "largest stable LR per seed, post 0.001, 0.001, 0.001, 0.001 (seeds 0, 1, 2, 3)" in check.text
+    # Only the LRs both roles ran count: pre's extra LR 0.03 (where post never ran) cannot make post look lower.
+    check = findings.stable_below(upto(1e-2), upto(3e-2, lrs=(*LRS, 3e-2)), "post", "pre", MARGIN)
+    assert check.supports is None and "tied in 5 of 5" in check.text
+    # A seed's loss more than the tolerance above its best is not stable there.
+    worse_at_top = ev(1e-3, {1e-3: at(BASE), 3e-3: at(seeds(0.5))})
+    assert findings.seed_stable_lrs(worse_at_top, [1e-3, 3e-3], MARGIN) == dict.fromkeys(range(5), 1e-3)
 
 
-def test_rule_c_qk_norm_sensitivity_and_attention_logits():
-    best = S(4.7, 0.02, 3)
+def test_rule_c_qk_norm_judged_only_where_plain_logits_pass_1e4_in_every_seed():
+    high = dict.fromkeys(range(5), 2e4)
 
-    def c(sens_qk, logit_plain, logit_qk, best_qk=best, lrs=(1e-2, 1e-1)):
-        plain = ev(best, sens=S(0.70, 0.03, 3), at_lr={lr: at(best, logit=logit_plain) for lr in lrs})
-        qk = ev(best_qk, sens=sens_qk, at_lr={lr: at(best_qk, logit=logit_qk) for lr in lrs})
-        return verdict("c", {"plain": plain, "qk_norm": qk}, lrs)
+    def c(plain_logits=high, qk_logits=None, qk_sens=None, qk_best=None):
+        plain = ev(at_lr={3e-3: at(BASE), 1e-1: at(logits=plain_logits)}, sens=seeds(0.0, base=SENS))
+        qk_best, qk_sens = qk_best or BASE, qk_sens or seeds(-0.3, -0.31, -0.29, -0.3, -0.3, base=SENS)
+        qk = ev(at_lr={3e-3: at(qk_best), 1e-1: at(logits=qk_logits or dict.fromkeys(range(5), 30.0))}, sens=qk_sens)
+        checks = findings.rule_c({"plain": plain, "qk_norm": qk}, [3e-3, 1e-2, 1e-1], MARGIN)
+        return findings.combine(checks), checks
 
-    low, high, small = S(2e4, 3e3, 3), S(1.5e4, 1e3, 3), S(50.0, 5.0, 3)
-    assert c(S(0.30, 0.02, 3), low, small) is YES
-    assert c(S(0.30, 0.02, 3), low, high) is NO  # qk_norm's logits pass 1e4 too
-    assert c(S(0.90, 0.02, 3), low, small) is NO  # more LR-sensitive
-    assert c(S(0.69, 0.02, 3), low, small) is NO  # as sensitive, within the margin
-    assert c(S(0.30, 0.02, 3), S(5e3, 1e3, 3), small) is UNSURE  # plain pre-norm's logits never passed 1e4 here
-    assert c(S(0.30, 0.02, 3), low, small, best_qk=S(5.5, 0.02, 3)) is UNSURE  # insensitive by being bad everywhere
-    checks = findings.rule_c(
-        {"plain": ev(at_lr={0.1: at(logit=low)}), "qk_norm": ev(at_lr={0.1: at(logit=small)})}, [0.1], MARGIN
+    assert c()[0] is YES
+    assert c(qk_logits={**dict.fromkeys(range(5), 30.0), 3: 1.2e4})[0] is NO  # one qk_norm seed passes 1e4
+    assert c(qk_sens=seeds(0.3, 0.31, 0.29, 0.3, 0.3, base=SENS))[0] is NO  # more LR-sensitive
+    assert c(qk_sens=seeds(0.01, -0.01, 0.02, 0.0, -0.01, base=SENS))[0] is NO  # as sensitive, within 0.1
+    assert c(qk_best=seeds(0.5, 0.51, 0.49, 0.5, 0.5))[0] is UNSURE  # insensitive by being bad everywhere
+    # Plain's mean is far above 1e4, but one seed is not: the regime was not reached, nothing is judged.
+    result, checks = c(plain_logits={**high, 2: 8e3}, qk_sens=seeds(0.3, base=SENS))
+    assert result is UNSURE and "not above 10000 in seed(s) 2, so the claim's regime was not reached" in checks[0].text
+    assert all(ch.supports is None and ch.text.endswith("(not judged: the condition was not met)") for ch in checks[1:])
+    text = c()[1][0].text
+    assert text == (
+        "plain's max attention logit at lr 0.1: 2e+04, 2e+04, 2e+04, 2e+04, 2e+04 (seeds 0, 1, 2, 3, 4): above 10000 "
+        "in every seed, the claim's regime"
     )
-    assert checks[1].text == "max attention logit at lr 0.1: plain 2e+04 ± 3e+03 vs qk_norm 50 ± 5"
+
+
+SENS = {0: 0.70, 1: 0.90, 2: 0.60, 3: 0.80, 4: 0.75}
 
 
 def test_rule_d_no_norm_fails_or_degrades_where_dyt_and_rms_train():
-    good = at(S(5.4, 0.02, 3))
+    good = at(BASE)
 
-    def d(none, dyt_top=good, lrs=(3e-2, 1e-1)):
-        dyt = ev(at_lr={3e-2: good, 1e-1: dyt_top})
-        rms = ev(at_lr={3e-2: good, 1e-1: good})
-        return findings.rule_d({"none": ev(at_lr=none), "dyt": dyt, "rms": rms}, list(lrs), MARGIN)
+    def d(none_top, dyt_best=good, dyt_top=good):
+        dyt = ev(at_lr={3e-3: dyt_best, 1e-1: dyt_top})
+        rms = ev(3e-3, {3e-3: good, 1e-1: good})
+        none = ev(at_lr={3e-3: good, 1e-1: none_top})
+        checks = findings.rule_d({"none": none, "dyt": dyt, "rms": rms}, [3e-3, 1e-1], MARGIN)
+        return findings.combine(checks), checks
 
-    assert findings.combine(d({3e-2: good, 1e-1: at(None, failed=3)})) is YES
-    assert findings.combine(d({3e-2: good, 1e-1: at(S(6.0, 0.02, 3))})) is YES  # trains, distinguishably worse
-    assert findings.combine(d({3e-2: good, 1e-1: at(S(5.42, 0.02, 3))})) is NO  # as good as dyt and rms
-    assert findings.combine(d({3e-2: good, 1e-1: at(S(5.5, 0.2, 3))})) is UNSURE  # worse within a wide spread
-    # dyt failed at 0.1: the verdict is taken at 0.03, the highest LR where dyt and rms both trained.
-    checks = d({3e-2: at(None, failed=1), 1e-1: at(None, failed=3)}, dyt_top=at(None, failed=2))
-    assert findings.combine(checks) is YES and checks[0].text.startswith("at lr 0.03, the highest")
-    nowhere = findings.rule_d({"none": ev(), "dyt": ev(at_lr={0.1: at(None, failed=3)}), "rms": ev()}, [0.1], 0.1)
-    assert findings.combine(nowhere) is UNSURE and "never arose" in nowhere[0].text
+    assert d(at(failed=range(5)))[0] is YES  # fails in every seed where both partners train
+    assert d(at(seeds(0.5, 0.52, 0.48, 0.5, 0.5)))[0] is YES  # trains, worse than both in every pair
+    assert d(at(seeds(0.01, -0.01, 0.02, 0.0, -0.02)))[0] is NO  # as good as dyt and rms
+    result, checks = d(at(seeds(0.3, -0.2, 0.25, -0.1, 0.1)))
+    assert result is UNSURE and "could have detected differences ≥ " in checks[1].text
+    # Failed in 2 seeds, worse in the other 3: none is worse than each partner in 5 of 5 seeds.
+    result, checks = d(at(seeds(0.0, 0.0, 0.5, 0.5, 0.5), failed=(0, 1)))
+    assert result is YES and "none failed in 2 of 5 seeds" in checks[1].text
+    assert (
+        "none worse than dyt in 5 of 5 paired seeds, a failed run ranked worst (sign test p = 0.0312)" in checks[1].text
+    )
+    assert d(at(seeds(0.0, 0.0, -0.1, -0.1, -0.1), failed=(0, 1)))[0] is UNSURE  # better where it trained
+    # dyt failed at the top LR: the verdict is taken at 0.003, the highest LR where dyt and rms trained.
+    result, checks = d(at(failed=range(5)), dyt_top=at(BASE, failed=(3,)))
+    assert checks[1].text.startswith("at lr 0.003, the highest where dyt and rms trained in every seed")
+    # rms's best LR among the LRs dyt ran too: an extra rms-only LR (0.03, best for rms) is not where dyt is judged.
+    rms = ev(3e-3, {3e-3: good, 1e-1: good, 3e-2: at(seeds(-0.5))})
+    condition = findings.dyt_trains(ev(at_lr={3e-3: good, 1e-1: good}), rms)
+    assert condition.supports is True and "at rms's best LR (0.003)" in condition.text
+    # DyT does not train at the RMSNorm baseline's LR: the claim's condition never arose.
+    result, checks = d(at(failed=range(5)), dyt_best=at(BASE, failed=(1,)))
+    assert result is UNSURE and "dyt failed in seed(s) 1: the claim's condition" in checks[0].text
 
 
 DECLARATION_ERRORS = {
@@ -620,6 +594,14 @@ DECLARATION_ERRORS = {
         "findings.a: roles rms and layer select the same variant",
     ),
     "needs an lr axis": ({"c": {}}, "finding c needs a learning_rate axis"),
+    "bad tolerance": (
+        {"a": {"rms": {"norm": "rms"}, "layer": {"norm": "layer"}, "tolerance": -0.1}},
+        "findings.a.tolerance must be a number of nats > 0, got -0.1",
+    ),
+    "tolerance as text": (
+        {"a": {"rms": {"norm": "rms"}, "layer": {"norm": "layer"}, "tolerance": "0.1"}},
+        "findings.a.tolerance must be a number of nats > 0, got '0.1'",
+    ),
 }
 
 
@@ -644,6 +626,9 @@ def test_a_declaration_is_returned_in_finding_and_role_order_with_the_grids_valu
     out = findings.check_declaration(raw, grid, ["norm", "qk_norm"], runs, lr_axis=True)
     assert list(out) == ["a", "c"] and list(out["a"]) == ["rms", "layer"] and list(out["c"]) == ["plain", "qk_norm"]
     assert out["c"]["qk_norm"] == {"norm": "rms", "qk_norm": True}
+    raw["a"]["tolerance"] = 0.05  # beside the roles, kept in sweep.yaml, never taken for a role
+    out = findings.check_declaration(raw, grid, ["norm", "qk_norm"], runs, lr_axis=True)
+    assert out["a"]["tolerance"] == 0.05 and list(findings.role_selectors(out["a"])) == ["rms", "layer"]
 
 
 def set_summaries(out: Path, update) -> None:
@@ -661,13 +646,17 @@ def findings_rows(md: str) -> dict[str, list[str]]:
     return {row[0][3]: row for row in rows}
 
 
+FIVE = [0, 1, 2, 3, 4]
+
+
 def test_findings_a_and_d_on_a_synthetic_sweep(tmp_path, capsys):
-    grid = {"norm": ["rms", "layer", "dyt", "none"], "learning_rate": [1e-3, 1e-2, 1e-1], "seed": [0, 1, 2]}
+    grid = {"norm": ["rms", "layer", "dyt", "none"], "learning_rate": [1e-3, 1e-2, 1e-1], "seed": FIVE}
 
     def loss(v):
         if v["norm"] == "none" and v["learning_rate"] == 1e-1:
             return None  # diverged where dyt and rms train
-        return 3.0 + {1e-3: 0.4, 1e-2: 0.0, 1e-1: 0.3}[v["learning_rate"]] + 0.01 * v["seed"]
+        wobble = 0.01 * (-1) ** v["seed"] if v["norm"] == "layer" else 0.0  # layer: ±0.01 by seed
+        return 3.0 + {1e-3: 0.4, 1e-2: 0.0, 1e-1: 0.3}[v["learning_rate"]] + 0.1 * v["seed"] + wobble
 
     declared = {
         "d": {"none": {"norm": "none"}, "dyt": {"norm": "dyt"}, "rms": {"norm": "rms"}},
@@ -681,21 +670,35 @@ def test_findings_a_and_d_on_a_synthetic_sweep(tmp_path, capsys):
     assert list(rows) == ["a", "d"]  # in the order of the findings, whatever the declaration's order
     a, d = rows["a"], rows["d"]
     assert "Zhang & Sennrich 2019" in a[1] and a[2] == "rms: norm=rms; layer: norm=layer"
-    assert "rms 3.060 ± 0.010 vs layer 3.060 ± 0.010 at their best LRs (0.01, 0.01)" in a[3]
-    assert "[supports]" in a[3] and a[4].startswith("**reproduced**")
-    assert "at lr 0.1, the highest where dyt and rms train" in d[3] and "none failed in 3/3 seeds" in d[3]
-    assert d[4].startswith("**reproduced**") and "Zhu et al. 2025" in d[1]
-    assert "- (a) final val loss at each role's best LR: not distinguishable AND spreads adding up to at most 0.1" in md
-    assert "equal within 0.1 nats* when they overlap" in md and "± = sample std over seeds" in md
+    assert a[3] == "0.1 nats (the report's --tolerance: not declared before the study)"
+    # Seeds spread by 0.4 nats, rms − layer by ±0.01: equivalent, paired.
+    assert (
+        "final val loss at their shared best LR (0.01), rms − layer: -0.002 ± 0.014 (95% t-interval, 5 paired" in a[4]
+    )
+    assert "[supports]" in a[4] and a[5].startswith("**reproduced**")
+    assert "| norm=rms | 0.01 | 3.250 ± 0.158 | 5 |" in md  # ... each norm's seeds spread by 0.16 (sample std)
+    assert "at lr 0.1, the highest where dyt and rms trained in every seed: none failed in 5 of 5 seeds" in d[4]
+    assert "none worse than rms in 5 of 5 paired seeds" in d[4] and d[5].startswith("**reproduced**")
+    assert "dyt and rms trained in every seed at rms's best LR (0.01) (5 and 5 seeds) [supports]" in d[4]
+    assert "Zhu et al. 2025" in d[1]
+    assert "- (a) per seed, rms's final val loss minus layer's, each at its own best LR" in md
+    assert "*equivalent within ±δ* is a TOST at α = 0.05" in md
     assert "Unigram entropy of the training tokens: 4.250 nats" in md
-    # The margin is the report's --tolerance: at 0.01 nats the same spreads no longer resolve it.
+    # Without a declared tolerance the report's --tolerance applies: at 0.01 nats ±0.01 is no longer equivalent.
     assert report.main([str(tmp_path), "--tolerance", "0.01"]) == 0
-    assert findings_rows((tmp_path / "report.md").read_text())["a"][4].startswith("**inconclusive at this seed count")
+    a = findings_rows((tmp_path / "report.md").read_text())["a"]
+    assert a[5].startswith("**inconclusive") and "equivalence would need a tolerance of at least 0.012" in a[4]
+    # A tolerance declared in the sweep file wins over --tolerance, and the report says where it came from.
+    declared["a"]["tolerance"] = 0.05
+    fake_sweep(tmp_path / "declared", grid, loss, findings=declared)
+    assert report.main([str(tmp_path / "declared"), "--tolerance", "0.01"]) == 0
+    a = findings_rows((tmp_path / "declared" / "report.md").read_text())["a"]
+    assert a[3] == "0.05 nats (declared in the sweep file)" and a[5].startswith("**reproduced**")
 
 
 def test_finding_b_counts_stalled_runs_as_failures(tmp_path):
     grid = {"norm_placement": ["pre", "post"], "warmup_steps": [0, 100], "learning_rate": [1e-3, 3e-3, 1e-2]}
-    grid["seed"] = [0, 1, 2]
+    grid["seed"] = FIVE
 
     def loss(v):
         post, warm, lr = v["norm_placement"] == "post", v["warmup_steps"] == 100, v["learning_rate"]
@@ -717,14 +720,15 @@ def test_finding_b_counts_stalled_runs_as_failures(tmp_path):
     assert report.main([str(tmp_path)]) == 0
     md = (tmp_path / "report.md").read_text()
     b = findings_rows(md)["b"]
-    assert "largest stable LR: post 0.001 vs pre 0.003 [supports]" in b[3]
-    assert "largest stable LR: post_warmup 0.003 vs pre_warmup 0.003: the LR grid does not separate them" in b[3]
-    assert "largest stable LR 0.001 vs 0.003" in b[3] and b[4].startswith("**inconclusive at this seed count")
-    assert "(stalled 3/3)" in md  # the per-LR table says which cells stalled
+    assert "post lower in 5, higher in 0, tied in 0 of 5 paired seeds (sign test p = 0.0312) [supports]" in b[4]
+    assert "post_warmup lower in 0, higher in 0, tied in 5 of 5 paired seeds: not resolved" in b[4]
+    assert "largest stable LR with lower in 0, higher in 5, tied in 0 of 5 paired seeds" in b[4]
+    assert b[5].startswith("**inconclusive")
+    assert "(stalled 5/5)" in md  # the per-LR table says which cells stalled
 
 
 def test_finding_c_reads_the_max_attention_logit_at_the_highest_lr(tmp_path):
-    grid = {"qk_norm": [False, True], "learning_rate": [1e-3, 1e-2, 1e-1], "seed": [0, 1, 2]}
+    grid = {"qk_norm": [False, True], "learning_rate": [1e-3, 1e-2, 1e-1], "seed": FIVE}
 
     def loss(v):
         plain = not v["qk_norm"]
@@ -736,8 +740,12 @@ def test_finding_c_reads_the_max_attention_logit_at_the_highest_lr(tmp_path):
     set_summaries(tmp_path, logit)
     assert report.main([str(tmp_path)]) == 0
     c = findings_rows((tmp_path / "report.md").read_text())["c"]
-    assert "max attention logit at lr 0.1: plain 2.1e+04 ± 1e+03 vs qk_norm 1.04e+03 ± 1e+03 [supports]" in c[3]
-    assert "LR sensitivity: qk_norm" in c[3] and c[4].startswith("**reproduced**")
+    assert (
+        "plain's max attention logit at lr 0.1: 2e+04, 2.1e+04, 2.2e+04, 2.3e+04, 2.4e+04 (seeds 0, 1, 2, 3, 4)" in c[4]
+    )
+    assert "qk_norm's max attention logit at lr 0.1: 40, 1.04e+03, 2.04e+03, 3.04e+03, 4.04e+03" in c[4]
+    assert "LR sensitivity per seed, qk_norm − plain: -0.300 ± 0.000 (95% t-interval, 5 paired seeds)" in c[4]
+    assert c[5].startswith("**reproduced**")
 
 
 def test_a_bad_declaration_in_sweep_yaml_is_one_line_and_writes_nothing(tmp_path, capsys):

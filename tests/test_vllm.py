@@ -12,7 +12,7 @@ import sys
 import pytest
 from tiny_models import save_with_tokenizer, trained_model
 
-from model.export import export_model_dir
+from train.publish.export import export_model_dir
 from train.config import REPO_ROOT
 
 VLLM_PYTHON = os.environ.get("NORMGPT_VLLM_PYTHON")

@@ -4,7 +4,7 @@
     plan.py       what each run directory needs (skip, resume, start fresh) and the token caches built up front
     scheduler.py  `accelerate launch` per run over device slots, with the outcome of each launch
     directory.py  the sweep directory's files: sweep.yaml, the launch log, the names of everything else
-    stats.py      seed spread, ranking within it, LR sensitivity, best and largest stable LR (pure functions)
+    stats.py      paired comparisons (t-interval, TOST, power, sign test), seed spread, LR sensitivity, stable LR
     findings.py   the published findings a sweep file may declare it tests, and the rule that computes each verdict
     study.py      a sweep directory read back: runs grouped into variants, and each variant's results
     figures.py    the one list of the report's figures

@@ -1,38 +1,80 @@
 """Published findings a sweep can test, declared in its sweep file, and the verdict the report computes for each.
 
-A sweep file's `findings:` key names the findings it tests (a, b, c, d: `FINDINGS`) and, for each, which variant of
-the grid plays each of the finding's roles. A role is a mapping of grid keys to values (learning rate and seed
-excluded: they vary inside a variant) that selects exactly one variant:
+A sweep file's `findings:` key names the findings it tests (a, b, c, d: `FINDINGS`), which variant of the grid plays
+each of the finding's roles, and optionally the tolerance of its "equal" and "no better than" statements in nats
+(declared with the rules, before the study runs; without it the report's --tolerance applies and the report says so).
+A role is a mapping of grid keys to values (learning rate and seed excluded: they vary inside a variant) that selects
+exactly one variant:
 
     findings:
-      a: {rms: {norm: rms}, layer: {norm: layer}}
+      a: {rms: {norm: rms}, layer: {norm: layer}, tolerance: 0.05}
 
 spec.py checks a declaration against the sweep before anything runs (`check_declaration` on the grid; `check_settings`
 on the resolved configs: each role's variant has the settings its role names, and a finding's roles differ only in
 the fields its claim is about). The report reads it back from sweep.yaml and judges each finding (`judge`).
 
 A verdict is computed, never written by hand. Each finding is a conjunction of checks; a check supports the claim
-(True), contradicts it (False) or cannot decide (None) by the rules of stats.py: mean ± seed spread, two values
-distinguishable only when their intervals do not overlap, `stats.equal_within` for "the same". The verdict is
-*reproduced* when every check supports the claim, *not reproduced* when one contradicts it, and otherwise
-*inconclusive at this seed count*. Each rule is stated in words (`Finding.rule`) beside the code that applies it.
+(True), contradicts it (False) or cannot decide (None). The verdict is *reproduced* when every check supports the
+claim, *not reproduced* when one contradicts it, and otherwise *inconclusive*; an inconclusive check states its power
+line (what the study could have detected, and what it observed). Findings (c) and (d) have a condition, the regime
+their claim is about; until a study reaches it, their other checks are shown but not judged.
+
+The design is paired (stats.py): a seed fixes the initial weights and the batch order of every variant, so each
+comparison is over per-seed differences, on the seeds both roles have (n = the pairs; unpaired seeds are named).
+δ is the tolerance; "lower" is a paired 95% t-interval entirely below 0; "equivalent" is a TOST at α = 0.05 (the
+90% interval strictly inside ±δ); a sign test is exact and one-sided at α = 0.05 (at least 5 untied seeds, all one
+way). A run *failed* when it diverged or stalled (sat on the unigram-entropy plateau: it learnt no context). The
+rules, fixed before any paired study ran (their words are `Finding.rule`, printed in every report):
+
+Where roles ran different learning rates (a sweep's `exclude`), every rule looks only at the LRs both ran.
+
+(a) RMSNorm ≈ LayerNorm in pre-norm. Per seed, rms's final validation loss minus layer's, each at its own best LR
+    (lowest mean over seeds among LRs where no seed diverged; without an LR axis, the study's one LR). TOST
+    equivalence within ±δ supports; a 95% interval entirely outside ±δ contradicts; otherwise, with fewer than 2
+    pairs, or when a role failed in a seed at its best LR, cannot decide. Why each one's best LR and not one shared
+    LR: the claim is about tuned variants, and the pairing stays valid when the two best LRs differ (the seeds still
+    share initial weights and batches; only the variance reduction weakens); where they coincide the comparison is
+    at a shared LR. A study that wants the tightest pairing and no winner's curse (the best LR picked on the runs it
+    is judged on) fixes one LR chosen on earlier, independent runs, as the CPU study does.
+(b) Post-norm's largest stable LR below pre-norm's, and warm-up helps. Per seed, the largest stable LR (that seed's
+    runs alone: the largest LR where it trained with a final loss within δ of its best; none ranks below every LR),
+    over seeds with a finished run at every LR in both roles. (1) post below pre (and post_warmup below pre_warmup
+    when declared): a sign test with post lower in significantly many seeds supports, higher contradicts, otherwise
+    cannot decide. (2) warm-up helps post-norm: post_warmup's stable LR above post's in significantly many seeds
+    (sign test), or its loss at its best LR lower (paired interval below 0), supports; significantly many seeds
+    lower, or no seed higher with the losses equivalent within δ (TOST) or higher, contradicts; otherwise cannot
+    decide.
+(c) QK-norm bounds the attention logit and lowers LR sensitivity. Condition: plain's max attention logit at the
+    highest LR above 1e4 in EVERY seed. Then (1) qk_norm's max attention logit at that LR below 1e4 in every seed
+    supports, at or above it in any seed contradicts; (2) per seed, qk_norm's LR sensitivity minus plain's (seeds
+    with the whole LR grid in both): an interval below 0 supports (unless qk_norm's best loss is higher than plain's,
+    paired interval above 0: low sensitivity from being bad everywhere cannot decide); an interval above 0, or
+    equivalence within δ without being lower, contradicts; otherwise cannot decide.
+(d) No normalization fails where DyT and RMSNorm train. Condition: dyt and rms trained in every seed at rms's best
+    LR (DyT trains at the RMSNorm baseline's LR). Then at the highest LR where dyt and rms trained in every seed: if
+    none trained in every seed, none's final loss minus each partner's, paired intervals above 0 against both,
+    supports; equivalence within δ or an interval below 0 against either contradicts. If none failed in some seeds,
+    a sign test per partner with a failed run ranked worst, none worse in significantly many seeds against both,
+    supports. Otherwise cannot decide.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from train.run_directory import RunStatus
 from train.sweep import stats
 from train.sweep.directory import SweepDirectoryError, fmt_value
-from train.sweep.stats import Spread
+from train.sweep.stats import Paired, Spread
 from train.sweep.study import Study, VariantResult
 
 LOGIT_THRESHOLD = 1e4  # Wortsman et al. 2023: runs whose max attention logit grows past ~1e4 diverge
 FAILED = (RunStatus.DIVERGED.value, RunStatus.STALLED.value)  # a run that did not train: no usable result at its LR
+TOLERANCE = "tolerance"  # the key beside the roles of a declared finding
 
 
 class FindingsError(ValueError):
@@ -42,7 +84,7 @@ class FindingsError(ValueError):
 class Verdict(str, enum.Enum):
     REPRODUCED = "reproduced"
     NOT_REPRODUCED = "not reproduced"
-    INCONCLUSIVE = "inconclusive at this seed count"
+    INCONCLUSIVE = "inconclusive"
 
     def __str__(self) -> str:
         return self.value
@@ -50,8 +92,8 @@ class Verdict(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Check:
-    """One part of a finding's claim: what was measured (numbers with their spread) and whether it supports the claim
-    (True), contradicts it (False) or cannot decide (None)."""
+    """One part of a finding's claim: what was measured and whether it supports the claim (True), contradicts it
+    (False) or cannot decide (None). An undecided check's text carries its power line."""
 
     text: str
     supports: bool | None
@@ -65,22 +107,59 @@ def combine(checks: Sequence[Check]) -> Verdict:
     return Verdict.INCONCLUSIVE
 
 
+def gated(condition: Check, checks: Sequence[Check]) -> list[Check]:
+    """A finding whose claim is about a regime: its checks count only once the condition holds; until then they are
+    shown, marked, and decide nothing."""
+    if condition.supports is True:
+        return [condition, *checks]
+    return [condition, *(Check(f"{c.text} (not judged: the condition was not met)", None) for c in checks)]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
-# What the rules read: each role's results
+# What the rules read: each role's runs, seed by seed
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """One finished run of a role, as the rules read it."""
+
+    loss: float | None  # final validation loss (a stalled run has one; a diverged run has none)
+    failed: bool  # diverged or stalled: it did not train
+    logit: float | None  # summary.json max_attn_logit
 
 
 @dataclass(frozen=True)
 class AtLR:
-    """A variant's finished runs at one learning rate."""
+    """A role's finished runs at one learning rate (every run, without an LR axis), by seed."""
 
-    runs: int  # finished runs in the validation-loss statistics
-    failed: int  # of which diverged or stalled
-    loss: Spread | None  # final val loss over the seeds that trained (neither diverged nor stalled)
-    logit: Spread | None  # summary.json max_attn_logit over every finished run at this LR
+    seeds: Mapping[Any, SeedRun]
+
+    @property
+    def runs(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def failed(self) -> list[Any]:
+        return [seed for seed, run in self.seeds.items() if run.failed]
 
     @property
     def trained(self) -> bool:
-        return self.runs > 0 and self.failed == 0
+        """Every seed trained (none failed), and there is at least one."""
+        return self.runs > 0 and not self.failed
+
+    def seed_losses(self) -> dict[Any, float | None]:
+        """Seed -> final loss, stalled runs included (trained-but-bad): what the report's comparisons pair."""
+        return {seed: run.loss for seed, run in self.seeds.items()}
+
+    def losses(self) -> dict[Any, float | None]:
+        """Seed -> final loss of the runs that trained (None for one that failed): what the rules pair."""
+        return {seed: None if run.failed else run.loss for seed, run in self.seeds.items()}
+
+    def logits(self) -> dict[Any, float | None]:
+        return {seed: run.logit for seed, run in self.seeds.items()}
+
+    def loss_spread(self) -> Spread | None:
+        return stats.seed_spread([x for x in self.losses().values() if stats.finite(x)])
 
 
 @dataclass(frozen=True)
@@ -88,36 +167,59 @@ class Evidence:
     """One role's variant, as the verdict rules see it."""
 
     variant: str
-    best: Spread | None  # final val loss at the best LR (`VariantResult.at_best`)
-    best_lr: float | None
-    stable_lr: float | None  # largest stable LR, stalled runs counted as failures like divergences
-    sensitivity: Spread | None
-    at_lr: Mapping[float, AtLR]
-    failed_at_best: bool = False  # a seed at the best LR (every run, without an LR axis) diverged or stalled
+    best_lr: float | None  # `VariantResult.best_lr`; None without an LR axis (or where every LR diverged)
+    stable_lr: float | None  # largest stable LR over seeds (the results table's), for the text
+    at_lr: Mapping[float | None, AtLR]  # key None: every run, when the grid has no LR axis
+    sensitivity: Mapping[Any, float] = field(default_factory=dict)  # per seed with the whole LR grid
 
-
-def loss_text(s: Spread | None) -> str:
-    return s.text() if s is not None else "no result"
-
-
-def logit_text(s: Spread | None) -> str:
-    if s is None:
-        return "not recorded"
-    return f"{s.mean:.3g} (1 seed)" if s.pm is None else f"{s.mean:.3g} ± {s.pm:.2g}"
+    @property
+    def at_best(self) -> AtLR | None:
+        return self.at_lr.get(self.best_lr)
 
 
 def lr_text(lr: float | None) -> str:
     return "none" if lr is None else f"{lr:g}"
 
 
-def lower_than(a: Spread | None, b: Spread | None, margin: float) -> bool | None:
-    """Whether a is lower than b: True when distinguishably lower, False when distinguishably higher or equal within
-    `margin` (`stats.equal_within`), None when the seed spread cannot tell."""
-    if a is None or b is None:
-        return None
-    if stats.distinguishable(a, b):
-        return a.mean < b.mean
-    return False if stats.equal_within(a, b, margin) else None
+def values_text(values: Mapping[Any, float | None], fmt: str = ".3g") -> str:
+    """'2.4e+04, 1.3e+04 (seeds 0, 1)': per-seed values in seed order, 'failed' where there is none."""
+    seeds = sorted(values, key=str)
+    shown = ", ".join("failed" if not stats.finite(values[s]) else format(values[s], fmt) for s in seeds)
+    return f"{shown} (seeds {', '.join(map(str, seeds))})"
+
+
+def difference_text(name: str, p: Paired, labels: tuple[str, str]) -> str:
+    """'rms − layer: +0.013 ± 0.266 (95% t-interval, 3 paired seeds); seed(s) 4 only in layer (left out)'."""
+    unpaired = p.unpaired_text(*labels)
+    return f"{name}: {p.text()}" + (f"; {unpaired}" if unpaired else "")
+
+
+def undecided(text: str, p: Paired) -> Check:
+    """A check the numbers cannot decide, with its power line."""
+    return Check(f"{text}: not resolved; {p.power_line()}", None)
+
+
+def shared_lrs(*roles: Evidence) -> list[float]:
+    """The learning rates every role ran at (a sweep's `exclude` may give roles different grids)."""
+    return sorted(set.intersection(*({lr for lr in e.at_lr if lr is not None} for e in roles)))
+
+
+def shared_best(*roles: Evidence) -> list[tuple[float | None, AtLR | None]]:
+    """Each role's best LR (stats.best_lr: lowest mean final loss where no seed diverged) among the LRs all the
+    roles ran, so that no role is judged at an LR the others never tried, and its runs there. Without an LR axis:
+    (None, every run)."""
+    if all(set(e.at_lr) == {None} for e in roles):
+        return [(None, e.at_lr[None]) for e in roles]
+    lrs = shared_lrs(*roles)
+    out = []
+    for e in roles:
+        best = stats.best_lr({lr: list(e.at_lr[lr].seed_losses().values()) for lr in lrs})
+        out.append((best, e.at_lr.get(best)))
+    return out
+
+
+def losses_at(at: AtLR | None) -> dict[Any, float | None]:
+    return at.losses() if at is not None else {}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -125,106 +227,215 @@ def lower_than(a: Spread | None, b: Spread | None, margin: float) -> bool | None
 
 
 def rule_a(ev: Mapping[str, Evidence], lrs: Sequence[float], margin: float) -> list[Check]:
-    rms, layer = ev["rms"], ev["layer"]
-    text = f"final val loss: rms {loss_text(rms.best)} vs layer {loss_text(layer.best)}"
-    if lrs:
-        text += f" at their best LRs ({lr_text(rms.best_lr)}, {lr_text(layer.best_lr)})"
-    failed = [name for name, e in (("rms", rms), ("layer", layer)) if e.failed_at_best]
-    if failed or rms.best is None or layer.best is None:
-        why = (
-            f"{' and '.join(failed)} failed (diverged or stalled) at its best LR" if failed else "a role has no result"
-        )
-        return [Check(f"{text}; {why}: nothing to compare", None)]
-    same = stats.equal_within(rms.best, layer.best, margin)
-    if same is None and stats.distinguishable(rms.best, layer.best) is None:
-        return [Check(f"{text}: a single seed gives no spread", None)]
-    resolution = (rms.best.pm or 0.0) + (layer.best.pm or 0.0)
-    if same is None:
-        return [Check(f"{text}: within seed noise, but the spreads ({resolution:.3f}) exceed {margin:g} nats", None)]
-    if same:
-        return [
-            Check(f"{text}: within seed noise, and the spreads ({resolution:.3f}) are within {margin:g} nats", True)
-        ]
-    return [Check(f"{text}: the difference exceeds the seed spread", False)]
+    (lr_a, a), (lr_b, b) = shared_best(ev["rms"], ev["layer"])
+    where = ""
+    if lrs and lr_a == lr_b:
+        where = f" at their shared best LR ({lr_text(lr_a)})"
+    elif lrs:
+        where = f" at their best LRs ({lr_text(lr_a)}, {lr_text(lr_b)})"
+    if a is None or b is None:
+        return [Check(f"final val loss{where}: a role has no result at a best LR, nothing to compare", None)]
+    failed = [
+        f"{name} in seed(s) {', '.join(map(str, x.failed))}" for name, x in (("rms", a), ("layer", b)) if x.failed
+    ]
+    p = stats.pair(a.losses(), b.losses())
+    text = difference_text(f"final val loss{where}, rms − layer", p, ("rms", "layer"))
+    if failed:
+        return [Check(f"{text}; failed (diverged or stalled) at its best LR: {'; '.join(failed)}", None)]
+    if p.equivalent(margin):
+        return [Check(f"{text}: equivalent within ±{margin:g} nats (TOST p = {p.tost_p(margin):.3g})", True)]
+    if p.apart(margin):
+        return [Check(f"{text}: the difference exceeds ±{margin:g} nats", False)]
+    if p.n < 2:
+        return [undecided(text, p)]
+    ci = p.interval(1 - 2 * stats.ALPHA)
+    reach = max(abs(ci[0]), abs(ci[1]))
+    return [undecided(f"{text}; equivalence would need a tolerance of at least {reach:.3f} nats", p)]
 
 
-def stable_below(low: Evidence, high: Evidence, low_name: str, high_name: str) -> Check:
-    """`low`'s largest stable LR below `high`'s: lower supports, higher contradicts, equal cannot decide."""
-    a, b = low.stable_lr, high.stable_lr
-    text = f"largest stable LR: {low_name} {lr_text(a)} vs {high_name} {lr_text(b)}"
-    if a is None and b is None:
-        return Check(f"{text}: neither trained stably at any LR of the grid", None)
-    if a == b:
-        return Check(f"{text}: the LR grid does not separate them", None)
-    return Check(text, b is not None and (a is None or a < b))
+def sign_counts(a: Mapping[Any, float | None], b: Mapping[Any, float | None]) -> tuple[int, int, int, list[Any]]:
+    """Per seed present in both, a's largest stable LR vs b's (None = stable nowhere, below every LR): (a lower, a
+    higher, tied, seeds)."""
+    seeds = sorted(set(a) & set(b), key=str)
+    rank = lambda lr: -math.inf if lr is None else lr
+    lower = sum(rank(a[s]) < rank(b[s]) for s in seeds)
+    higher = sum(rank(a[s]) > rank(b[s]) for s in seeds)
+    return lower, higher, len(seeds) - lower - higher, seeds
+
+
+def sign_text(lower: int, higher: int, tied: int, what: str) -> str:
+    return f"{what} lower in {lower}, higher in {higher}, tied in {tied} of {lower + higher + tied} paired seeds"
+
+
+def sign_power_line(lower: int, higher: int) -> str:
+    need = stats.sign_test_needs()
+    p = min(stats.sign_test(lower, higher), stats.sign_test(higher, lower))
+    return f"sign test p = {p:.3g}; it can reach p ≤ {stats.ALPHA:g} only with at least {need} untied seeds all one way"
+
+
+def seed_stable_lrs(e: Evidence, lrs: Sequence[float], margin: float) -> dict[Any, float | None]:
+    """Seed -> its largest stable LR among `lrs` over its own runs (stats.largest_stable_lr on one seed), for the
+    seeds with a usable run at every one of `lrs`."""
+    seeds = set.intersection(*(set(e.at_lr[lr].seeds) for lr in lrs)) if lrs else set()
+    out = {}
+    for seed in sorted(seeds, key=str):
+        runs = {lr: e.at_lr[lr].seeds[seed] for lr in lrs}
+        if all(run.failed or run.loss is not None for run in runs.values()):
+            out[seed] = stats.largest_stable_lr({lr: [None if r.failed else r.loss] for lr, r in runs.items()}, margin)
+    return out
+
+
+def stable_below(low: Evidence, high: Evidence, low_name: str, high_name: str, margin: float) -> Check:
+    """Per seed, `low`'s largest stable LR below `high`'s over the LRs both ran, by a sign test."""
+    lrs = shared_lrs(low, high)
+    a, b = seed_stable_lrs(low, lrs, margin), seed_stable_lrs(high, lrs, margin)
+    lower, higher, tied, _ = sign_counts(a, b)
+    text = (
+        f"largest stable LR per seed, {low_name} {values_text(a, 'g')} vs {high_name} {values_text(b, 'g')}: "
+        f"{sign_text(lower, higher, tied, low_name)}"
+    )
+    if stats.sign_test(lower, higher) <= stats.ALPHA:
+        return Check(f"{text} (sign test p = {stats.sign_test(lower, higher):.3g})", True)
+    if stats.sign_test(higher, lower) <= stats.ALPHA:
+        return Check(f"{text} (sign test p = {stats.sign_test(higher, lower):.3g})", False)
+    return Check(f"{text}: not resolved; {sign_power_line(lower, higher)}", None)
 
 
 def warmup_helps(post: Evidence, warm: Evidence, margin: float) -> Check:
-    """Warm-up changes post-norm's outcome for the better: a larger stable LR or a distinguishably lower best loss."""
-    text = (
-        f"post-norm without vs with the long warm-up: largest stable LR {lr_text(post.stable_lr)} vs "
-        f"{lr_text(warm.stable_lr)}, best loss {loss_text(post.best)} vs {loss_text(warm.best)}"
-    )
-    raised = warm.stable_lr is not None and (post.stable_lr is None or warm.stable_lr > post.stable_lr)
-    lower = lower_than(warm.best, post.best, margin)
-    if raised or lower:
+    """Warm-up changes post-norm's outcome for the better: a larger stable LR in significantly many seeds, or a lower
+    loss at its best LR."""
+    lrs = shared_lrs(post, warm)
+    lower, higher, tied, _ = sign_counts(seed_stable_lrs(warm, lrs, margin), seed_stable_lrs(post, lrs, margin))
+    text = f"post-norm with vs without the long warm-up: largest stable LR {sign_text(lower, higher, tied, 'with')}"
+    (_, at_warm), (_, at_post) = shared_best(warm, post)
+    p = stats.pair(losses_at(at_warm), losses_at(at_post))
+    text += f"; {difference_text('final val loss at each best LR, with − without', p, ('with', 'without'))}"
+    if stats.sign_test(higher, lower) <= stats.ALPHA or p.sign() == -1:
         return Check(text, True)
-    return Check(text, False if lower is False else None)
+    if stats.sign_test(lower, higher) <= stats.ALPHA or (higher == 0 and (p.equivalent(margin) or p.sign() == 1)):
+        return Check(text, False)
+    return Check(f"{text}: not resolved; {sign_power_line(higher, lower)}; loss {p.power_line()}", None)
 
 
 def rule_b(ev: Mapping[str, Evidence], lrs: Sequence[float], margin: float) -> list[Check]:
-    checks = [stable_below(ev["post"], ev["pre"], "post", "pre")]
+    checks = [stable_below(ev["post"], ev["pre"], "post", "pre", margin)]
     if "pre_warmup" in ev:
-        checks.append(stable_below(ev["post_warmup"], ev["pre_warmup"], "post_warmup", "pre_warmup"))
+        checks.append(stable_below(ev["post_warmup"], ev["pre_warmup"], "post_warmup", "pre_warmup", margin))
     return [*checks, warmup_helps(ev["post"], ev["post_warmup"], margin)]
 
 
+def logit_regime(plain: Evidence, qk: Evidence) -> tuple[Check, float | None]:
+    """(c)'s condition: plain's max attention logit above the threshold in every seed at the highest LR both ran."""
+    lrs = shared_lrs(plain, qk)
+    top = max(lrs) if lrs else None
+    at = plain.at_lr.get(top)
+    if at is None or not at.runs:
+        return Check(f"plain has no finished run at the highest LR ({lr_text(top)})", None), top
+    logits = at.logits()
+    text = f"plain's max attention logit at lr {top:g}: {values_text(logits)}"
+    below = [s for s, v in logits.items() if not (stats.finite(v) and v > LOGIT_THRESHOLD)]
+    if below:
+        return Check(
+            f"{text}: not above {LOGIT_THRESHOLD:g} in seed(s) {', '.join(map(str, below))}, so the claim's "
+            "regime was not reached",
+            None,
+        ), top
+    return Check(f"{text}: above {LOGIT_THRESHOLD:g} in every seed, the claim's regime", True), top
+
+
+def logit_bounded(qk: Evidence, top: float | None) -> Check:
+    at = qk.at_lr.get(top)
+    if at is None or not at.runs:
+        return Check(f"qk_norm has no finished run at lr {lr_text(top)}", None)
+    logits = at.logits()
+    text = f"qk_norm's max attention logit at lr {top:g}: {values_text(logits)}"
+    if any(stats.finite(v) and v >= LOGIT_THRESHOLD for v in logits.values()):
+        return Check(f"{text}: at or above {LOGIT_THRESHOLD:g} in a seed", False)
+    if all(stats.finite(v) for v in logits.values()):
+        return Check(f"{text}: below {LOGIT_THRESHOLD:g} in every seed", True)
+    return Check(f"{text}: not recorded in every seed", None)
+
+
 def sensitivity_lower(plain: Evidence, qk: Evidence, margin: float) -> Check:
-    text = f"LR sensitivity: qk_norm {loss_text(qk.sensitivity)} vs plain {loss_text(plain.sensitivity)}"
-    lower = lower_than(qk.sensitivity, plain.sensitivity, margin)
-    if lower and lower_than(plain.best, qk.best, margin):
-        return Check(f"{text}, but qk_norm's best loss is distinguishably worse: uniformly worse, not robust", None)
-    return Check(text, lower)
-
-
-def logit_bounded(plain: Evidence, qk: Evidence, lrs: Sequence[float]) -> Check:
-    """At the highest LR where both recorded a max attention logit: plain's above the threshold, qk_norm's below."""
-    shared = [lr for lr in lrs if lr in plain.at_lr and lr in qk.at_lr and plain.at_lr[lr].logit and qk.at_lr[lr].logit]
-    if not shared:
-        return Check("max attention logit: not recorded at a common LR", None)
-    lr = max(shared)
-    a, b = plain.at_lr[lr].logit, qk.at_lr[lr].logit
-    text = f"max attention logit at lr {lr:g}: plain {logit_text(a)} vs qk_norm {logit_text(b)}"
-    plain_above, qk_above = stats.beyond(a, LOGIT_THRESHOLD), stats.beyond(b, LOGIT_THRESHOLD)
-    if plain_above is not True:
-        regime = "stays below" if plain_above is False else "is not clearly above"
-        return Check(f"{text}: plain {regime} the threshold, so the claim's regime was not reached", None)
-    return Check(text, None if qk_above is None else not qk_above)
+    p = stats.pair(qk.sensitivity, plain.sensitivity)
+    text = difference_text("LR sensitivity per seed, qk_norm − plain", p, ("qk_norm", "plain"))
+    if p.sign() == -1:
+        (_, at_qk), (_, at_plain) = shared_best(qk, plain)
+        best = stats.pair(losses_at(at_qk), losses_at(at_plain))
+        if best.sign() == 1:
+            return Check(
+                f"{text}, but qk_norm's best loss is higher ({best.text()}): uniformly worse, not robust", None
+            )
+        return Check(text, True)
+    if p.sign() == 1 or p.equivalent(margin):
+        return Check(f"{text}: {'higher' if p.sign() == 1 else f'equivalent within ±{margin:g} nats'}", False)
+    return undecided(text, p)
 
 
 def rule_c(ev: Mapping[str, Evidence], lrs: Sequence[float], margin: float) -> list[Check]:
     plain, qk = ev["plain"], ev["qk_norm"]
-    return [sensitivity_lower(plain, qk, margin), logit_bounded(plain, qk, lrs)]
+    condition, top = logit_regime(plain, qk)
+    return gated(condition, [logit_bounded(qk, top), sensitivity_lower(plain, qk, margin)])
+
+
+def dyt_trains(dyt: Evidence, rms: Evidence) -> Check:
+    """(d)'s condition: DyT trains, in every seed, at the RMSNorm baseline's best LR (among the LRs both ran)."""
+    _, (best, at_r) = shared_best(dyt, rms)
+    at_d = dyt.at_lr.get(best)
+    where = f"at rms's best LR ({lr_text(best)})"
+    if at_d is None or at_r is None or not at_d.runs:
+        return Check(f"dyt has no finished run {where}: the claim's condition never arose", None)
+    if at_d.failed or at_r.failed:
+        failed = "; ".join(
+            f"{n} failed in seed(s) {', '.join(map(str, x.failed))}"
+            for n, x in (("dyt", at_d), ("rms", at_r))
+            if x.failed
+        )
+        return Check(f"{where}: {failed}: the claim's condition (DyT training where RMSNorm does) never arose", None)
+    return Check(f"dyt and rms trained in every seed {where} ({at_d.runs} and {at_r.runs} seeds)", True)
+
+
+def none_worse(none: AtLR, partner: AtLR, name: str, margin: float) -> tuple[bool | None, str]:
+    """Whether none is worse than `partner` (which trained in every seed) at one LR: a paired t-interval when none
+    trained in every seed, else a sign test with a failed run ranked worst."""
+    if not none.failed:
+        p = stats.pair(none.losses(), partner.losses())
+        text = difference_text(f"none − {name}", p, ("none", name))
+        if p.sign() == 1:
+            return True, text
+        if p.sign() == -1 or p.equivalent(margin):
+            return False, f"{text}: {'lower' if p.sign() == -1 else f'equivalent within ±{margin:g} nats'}"
+        return None, f"{text}: not resolved; {p.power_line()}"
+    mine, theirs = none.losses(), partner.losses()
+    seeds = [s for s in mine if s in theirs]
+    worse = sum(not stats.finite(mine[s]) or mine[s] > theirs[s] for s in seeds)
+    better = sum(stats.finite(mine[s]) and mine[s] < theirs[s] for s in seeds)
+    p = stats.sign_test(worse, better)
+    text = f"none worse than {name} in {worse} of {len(seeds)} paired seeds, a failed run ranked worst"
+    if p <= stats.ALPHA:
+        return True, f"{text} (sign test p = {p:.3g})"
+    return None, f"{text}: not resolved; {sign_power_line(worse, better)}"
 
 
 def rule_d(ev: Mapping[str, Evidence], lrs: Sequence[float], margin: float) -> list[Check]:
     none, dyt, rms = ev["none"], ev["dyt"], ev["rms"]
+    condition = dyt_trains(dyt, rms)
     both = [lr for lr in lrs if lr in dyt.at_lr and lr in rms.at_lr and dyt.at_lr[lr].trained and rms.at_lr[lr].trained]
     if not both:
-        return [Check("dyt and rms did not both train at any LR of the grid: the claim's condition never arose", None)]
+        return gated(condition, [Check("dyt and rms did not both train in every seed at any LR of the grid", None)])
     lr = max(both)
     at = none.at_lr.get(lr)
-    if at is None or at.runs == 0:
-        return [Check(f"at lr {lr:g} (highest where dyt and rms train): none has no finished run", None)]
-    d, r = dyt.at_lr[lr].loss, rms.at_lr[lr].loss
-    text = f"at lr {lr:g}, the highest where dyt and rms train: final val loss dyt {loss_text(d)}, rms {loss_text(r)}"
-    if at.failed:
-        return [Check(f"{text}; none failed in {at.failed}/{at.runs} seeds (diverged or stalled)", True)]
-    text += f", none {loss_text(at.loss)}"
-    versus = [lower_than(x, at.loss, margin) for x in (d, r)]
-    if all(versus):
-        return [Check(f"{text}: none is distinguishably worse than both", True)]
-    return [Check(text, False if False in versus else None)]
+    if at is None or not at.runs:
+        return gated(
+            condition, [Check(f"at lr {lr:g} (highest where dyt and rms train): none has no finished run", None)]
+        )
+    head = f"at lr {lr:g}, the highest where dyt and rms trained in every seed: none failed in {len(at.failed)} of "
+    head += f"{at.runs} seeds"
+    verdicts = [none_worse(at, x.at_lr[lr], name, margin) for name, x in (("dyt", dyt), ("rms", rms))]
+    text = f"{head}; " + "; ".join(t for _, t in verdicts)
+    outcome = [v for v, _ in verdicts]
+    supports = True if all(v is True for v in outcome) else (False if False in outcome else None)
+    return gated(condition, [Check(text, supports)])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -276,14 +487,15 @@ FINDINGS: dict[str, Finding] = {
         Finding(
             "a",
             "RMSNorm ≈ LayerNorm in pre-norm blocks",
-            "In pre-norm blocks RMSNorm reaches the same loss as LayerNorm, within seed noise.",
+            "In pre-norm blocks RMSNorm reaches the same loss as LayerNorm.",
             "Zhang & Sennrich 2019, *Root Mean Square Layer Normalization*; Team OLMo 2024, *2 OLMo 2 Furious*",
             (Role("rms", PRE_RMS), Role("layer", {"norm_type": "layer", "norm_placement": "pre"})),
             ("norm_type",),
-            "final val loss at each role's best LR: not distinguishable AND spreads adding up to at most {margin:g} "
-            "nats (so that a larger difference would have been resolved) supports; distinguishable contradicts; "
-            "overlapping intervals wider than that, a single seed, or a role that failed at its best LR cannot "
-            "decide. Within noise is not the same as equal: a noisy overlap does not count as support.",
+            "per seed, rms's final val loss minus layer's, each at its own best LR among the LRs both ran (without "
+            "an LR axis, the study's one LR). Equivalent within ±{margin:g} nats by TOST (the 90% t-interval "
+            "strictly inside) supports; a 95% t-interval entirely outside ±{margin:g} contradicts; otherwise, with "
+            "fewer than 2 paired seeds, or when a role failed (diverged or stalled) in a seed at its best LR, cannot "
+            "decide.",
             rule_a,
             needs_lr_axis=False,
         ),
@@ -299,43 +511,48 @@ FINDINGS: dict[str, Finding] = {
                 Role("pre_warmup", {"norm_placement": "pre"}, optional=True),
             ),
             ("norm_placement", "warmup_steps"),
-            "(1) for each warm-up the study declares, the largest stable LR (the report's rule, with stalled runs "
-            "counted as failures like divergences) of post-norm below pre-norm's: lower supports, higher contradicts, "
-            "equal cannot decide (the grid does not separate them). (2) warm-up helps post-norm: a larger stable LR "
-            "with the long warm-up, or a distinguishably lower best loss, supports; neither, with the best losses "
-            "equal within {margin:g} nats or the warmed-up one distinguishably higher, contradicts; otherwise "
-            "cannot decide.",
+            "per seed, the largest stable LR over the LRs both compared roles ran (the largest LR where that seed "
+            "trained, neither diverged nor stalled, with a final loss within {margin:g} nats of its best; none ranks "
+            "below every LR). (1) post vs pre, and "
+            "post_warmup vs pre_warmup when declared: post lower in significantly many seeds (exact one-sided sign "
+            "test, ties left out, p ≤ 0.05) supports, higher contradicts, otherwise cannot decide. (2) warm-up helps "
+            "post-norm: post_warmup higher than post in significantly many seeds, or its final loss at its best LR "
+            "lower (paired 95% t-interval below 0), supports; lower in significantly many seeds, or higher in none "
+            "with the losses equivalent within ±{margin:g} nats (TOST) or higher, contradicts; otherwise cannot "
+            "decide.",
             rule_b,
             relation=warmup_relation,
         ),
         Finding(
             "c",
-            "QK-norm lowers LR sensitivity and bounds attention logits",
-            "QK-norm lowers learning-rate sensitivity and keeps the max attention logit bounded at high learning "
-            "rates, where plain pre-norm's logits pass 1e4.",
+            "QK-norm bounds attention logits and lowers LR sensitivity",
+            "Where plain pre-norm's max attention logit passes 1e4 at high learning rates, QK-norm keeps it bounded "
+            "and lowers learning-rate sensitivity.",
             "Wortsman et al. 2023, *Small-scale proxies for large-scale Transformer training instabilities*",
             (Role("plain", {**PRE_RMS, "qk_norm": False}), Role("qk_norm", {**PRE_RMS, "qk_norm": True})),
             ("qk_norm",),
-            "(1) LR sensitivity: qk_norm's distinguishably lower supports (unless its best loss is distinguishably "
-            "worse: low sensitivity from being bad everywhere cannot decide); distinguishably higher, or equal "
-            "within {margin:g} nats, contradicts. (2) at the highest LR where both recorded it, the max attention "
-            "logit (each run's maximum, mean ± spread over seeds): with plain's interval above {threshold:g}, "
-            "qk_norm's interval below supports and above contradicts; plain's interval not above {threshold:g} "
-            "means the claim's regime was not reached (cannot decide).",
+            "judged only when plain's max attention logit at the highest LR (both ran) is above {threshold:g} in every "
+            "seed (the claim's regime). Then (1) qk_norm's max attention logit there below {threshold:g} in every "
+            "seed supports, at or above it in any seed contradicts; (2) per seed, qk_norm's LR sensitivity minus "
+            "plain's: a paired 95% t-interval below 0 supports (unless qk_norm's final loss at its best LR is higher, "
+            "interval above 0: low sensitivity from being bad everywhere cannot decide); above 0, or equivalent "
+            "within ±{margin:g} nats (TOST) without being lower, contradicts; otherwise cannot decide.",
             rule_c,
         ),
         Finding(
             "d",
             "No normalization fails where DyT and RMSNorm train",
-            "Without normalization, training fails or degrades at learning rates where DyT (tuned alpha_init) and "
-            "RMSNorm train.",
+            "Without normalization, training fails or degrades at learning rates where DyT and RMSNorm train.",
             "Zhu et al. 2025, *Transformers without Normalization*",
             (Role("none", {"norm_type": "none"}), Role("dyt", {"norm_type": "dyt"}), Role("rms", {"norm_type": "rms"})),
             ("norm_type",),
-            "at the highest LR where every seed of dyt and of rms trained (finished without diverging or stalling): "
-            "none failing there (a seed diverged or stalled), or a final loss distinguishably higher than both "
-            "dyt's and rms's, supports; a loss equal within {margin:g} nats to, or distinguishably lower than, "
-            "dyt's or rms's contradicts; otherwise cannot decide (also when no such LR exists).",
+            "judged only when dyt and rms trained (neither diverged nor stalled) in every seed at rms's best LR "
+            "among the LRs both ran: DyT trains at the RMSNorm baseline's LR. Then at the highest LR where dyt and "
+            "rms trained in every seed: if none trained in every seed, its final loss minus dyt's and minus rms's, "
+            "paired 95% t-intervals above 0 against both, supports, and equivalent within ±{margin:g} nats (TOST) "
+            "or below 0 against either contradicts; if none failed in some seeds, an exact sign test per partner "
+            "with a failed run ranked worst, none worse in significantly many seeds (p ≤ 0.05) against both, "
+            "supports. Otherwise cannot decide.",
             rule_d,
         ),
     )
@@ -352,15 +569,17 @@ def check_declaration(
     variant_keys: Sequence[str],
     runs: Sequence[Mapping[str, Any]],
     lr_axis: bool,
-) -> dict[str, dict[str, dict[str, Any]]]:
-    """finding -> role -> selector ({grid key: value, as the grid spells it}), in FINDINGS and role order; {} for
-    no declaration. `variant_keys` are the grid keys other than learning rate and seed; `runs` the grid values of
-    every run (after exclude). Raises FindingsError (one line)."""
+) -> dict[str, dict[str, Any]]:
+    """finding -> role -> selector ({grid key: value, as the grid spells it}), in FINDINGS and role order, plus the
+    finding's `tolerance` (nats) where it declares one; {} for no declaration. `variant_keys` are the grid keys other
+    than learning rate and seed; `runs` the grid values of every run (after exclude). Raises FindingsError (one
+    line)."""
     if raw is None:
         return {}
     if not isinstance(raw, dict) or not raw:
         raise FindingsError(
-            f"'findings' must be a mapping of finding ({', '.join(FINDINGS)}) to {{role: {{key: value}}}}"
+            f"'findings' must be a mapping of finding ({', '.join(FINDINGS)}) to {{role: {{key: value}}, "
+            "tolerance: nats}}"
         )
     out = {}
     for key, roles in raw.items():
@@ -379,18 +598,19 @@ def check_roles(
     grid: Mapping[str, Sequence[Any]],
     variant_keys: Sequence[str],
     runs: Sequence[Mapping[str, Any]],
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, Any]:
     where = f"findings.{finding.key}"
     if not isinstance(roles, dict):
         raise FindingsError(f"{where} must be a mapping of role ({finding.role_names()}) to {{grid key: value}}")
     known = [r.name for r in finding.roles]
     for name in roles:
-        if name not in known:
-            raise FindingsError(f"{where} has no role {name!r}; roles: {finding.role_names()}")
+        if name not in known and name != TOLERANCE:
+            raise FindingsError(f"{where} has no role {name!r}; roles: {finding.role_names()} (and {TOLERANCE})")
     for role in finding.roles:
         if not role.optional and role.name not in roles:
             raise FindingsError(f"{where} lacks role '{role.name}'; roles: {finding.role_names()}")
-    selectors: dict[str, dict[str, Any]] = {}
+    tolerance = check_tolerance(f"{where}.{TOLERANCE}", roles[TOLERANCE]) if TOLERANCE in roles else None
+    selectors: dict[str, Any] = {}
     chosen: dict[tuple[str, ...], str] = {}
     for name in (n for n in known if n in roles):
         selectors[name] = check_selector(f"{where}.{name}", roles[name], grid, variant_keys)
@@ -398,7 +618,20 @@ def check_roles(
         if variant in chosen:
             raise FindingsError(f"{where}: roles {chosen[variant]} and {name} select the same variant")
         chosen[variant] = name
+    if TOLERANCE in roles:
+        selectors[TOLERANCE] = tolerance
     return selectors
+
+
+def check_tolerance(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise FindingsError(f"{where} must be a number of nats > 0, got {value!r}")
+    return float(value)
+
+
+def role_selectors(declared: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A declared finding's roles only (without its tolerance)."""
+    return {role: selector for role, selector in declared.items() if role != TOLERANCE}
 
 
 def check_selector(where: str, selector: Any, grid: Mapping[str, Sequence[Any]], variant_keys: Sequence[str]) -> dict:
@@ -471,13 +704,15 @@ class Judgement:
     finding: Finding
     variants: dict[str, str]  # role -> variant label
     checks: list[Check]
+    tolerance: float  # δ in nats
+    declared_tolerance: bool  # δ came from the sweep file (else from the report's --tolerance)
 
     @property
     def verdict(self) -> Verdict:
         return combine(self.checks)
 
 
-def declared(study: Study) -> dict[str, dict[str, dict[str, Any]]]:
+def declared(study: Study) -> dict[str, dict[str, Any]]:
     """The findings sweep.yaml declares, checked against its grid; {} when none. Raises SweepDirectoryError."""
     raw = study.record.extra.get("findings") if study.record is not None else None
     grid = {k: study.grid_values(k) for k in study.grid_keys}
@@ -487,39 +722,34 @@ def declared(study: Study) -> dict[str, dict[str, dict[str, Any]]]:
         raise SweepDirectoryError(f"'{study.out_dir}' sweep.yaml: {err}") from None
 
 
-def evidence(study: Study, variant: str, result: VariantResult, tolerance: float) -> Evidence:
-    """One variant's results as the rules read them: per LR, its finished runs, failures, losses and logits."""
+def evidence(study: Study, variant: str, result: VariantResult) -> Evidence:
+    """One variant's finished runs as the rules read them: by LR and seed, with the per-seed LR sensitivity."""
     frame = study.frame[study.frame.finished & (study.frame.variant == variant)]
-    in_stats = frame[frame.in_val_stats]
-    bad = in_stats.status.isin(FAILED)
-    at_lr: dict[float, AtLR] = {}
-    per_lr: dict[float, list[float | None]] = {}
-    groups = in_stats.groupby("lr", sort=True) if study.lr_key else []
+    groups = frame.groupby("lr", sort=True) if study.lr_key else [(None, frame)]
+    at_lr: dict[float | None, AtLR] = {}
     for lr, rows in groups:
-        failed = bad[rows.index]
-        per_lr[float(lr)] = [None if f else float(x) for f, x in zip(failed, rows.loss, strict=True)]
-        logits = frame[frame.lr == lr].max_attn_logit.dropna()
-        losses = rows.loss[~failed].dropna()
-        at_lr[float(lr)] = AtLR(
-            len(rows), int(failed.sum()), stats.seed_spread(list(losses)), stats.seed_spread(list(logits))
-        )
-    if study.lr_key:
-        failed_at_best = result.best_lr is not None and at_lr[result.best_lr].failed > 0
-    else:
-        failed_at_best = bool(bad.any())
-    stable = stats.largest_stable_lr(per_lr, tolerance) if study.lr_key else None
-    return Evidence(variant, result.at_best, result.best_lr, stable, result.sensitivity, at_lr, failed_at_best)
+        seeds = {}
+        for row in rows.itertuples():
+            loss = row.loss if row.in_val_stats and not math.isnan(row.loss) else None
+            logit = None if math.isnan(row.max_attn_logit) else float(row.max_attn_logit)
+            seeds[row.seed] = SeedRun(loss, row.status in FAILED, logit)
+        at_lr[None if lr is None else float(lr)] = AtLR(seeds)
+    sensitivity = dict(zip(result.sensitivity_seeds, result.sensitivity_values, strict=True))
+    return Evidence(variant, result.best_lr, result.stable_lr, at_lr, sensitivity)
 
 
 def judge(study: Study, results: Mapping[str, VariantResult], tolerance: float) -> list[Judgement]:
-    """Every declared finding, with its checks computed from the study (`tolerance` is the margin in nats)."""
+    """Every declared finding, with its checks computed from the study; `tolerance` (nats) applies to the findings
+    that declare none."""
     out = []
-    for key, selectors in declared(study).items():
+    for key, declaration in declared(study).items():
         finding = FINDINGS[key]
+        margin = declaration.get(TOLERANCE, tolerance)
         variants = {
             role: study.variant(next(r for r in study.runs if matches(selector, r.grid)))
-            for role, selector in selectors.items()
+            for role, selector in role_selectors(declaration).items()
         }
-        ev = {role: evidence(study, v, results[v], tolerance) for role, v in variants.items()}
-        out.append(Judgement(finding, variants, finding.judge(ev, study.lrs, tolerance)))
+        ev = {role: evidence(study, v, results[v]) for role, v in variants.items()}
+        checks = finding.judge(ev, study.lrs, margin)
+        out.append(Judgement(finding, variants, checks, margin, TOLERANCE in declaration))
     return out

@@ -1,8 +1,10 @@
 """A sweep directory's report: summary.csv (one row per run), figures/ and report.md.
 
 report.md is built by `STEPS`, one function per section, each taking the `Context` and returning its lines. A new
-section is one function and one entry there. The findings section (`findings_section`, after `comparisons`) has one row
-per published finding the sweep's `findings:` declaration names, with the verdict train/sweep/findings.py computes.
+section is one function and one entry there. Comparisons are paired by seed (stats.py: per-seed differences, a 95%
+t-interval, and the smallest difference each comparison could have detected). The findings section
+(`findings_section`, after `comparisons`) has one row per published finding the sweep's `findings:` declaration
+names, with the verdict train/sweep/findings.py computes and the tolerance it used.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +156,19 @@ class Context:
     def sensitivity_stats(self) -> dict[str, stats.Spread]:
         return {v: r.sensitivity for v, r in self.results.items() if r.sensitivity is not None}
 
+    @cached_property
+    def seeds(self) -> dict[str, findings.Evidence]:
+        """Each variant's finished runs by LR and seed: what the paired comparisons read."""
+        return {v: findings.evidence(self.study, v, r) for v, r in self.results.items()}
+
+    def best_by_seed(self) -> dict[str, dict]:
+        """Variant -> seed -> final val loss at the variant's best LR (stalled runs with theirs), where it has one."""
+        out = {v: e.at_best.seed_losses() for v, e in self.seeds.items() if e.at_best is not None}
+        return {v: losses for v, losses in out.items() if any(stats.finite(x) for x in losses.values())}
+
+    def sensitivity_by_seed(self) -> dict[str, dict]:
+        return {v: dict(e.sensitivity) for v, e in self.seeds.items() if e.sensitivity}
+
 
 def header(ctx: Context) -> list[str]:
     study = ctx.study
@@ -278,39 +294,64 @@ def comparisons(ctx: Context) -> list[str]:
         return []
     lines = ["### Comparisons", ""]
     lines.append(
-        "Each comparison gives both means with their seed spread. Two variants are ranked only when their "
-        "mean ± spread intervals do not overlap; otherwise they are *not distinguishable at this seed count*. "
-        "With several variant fields, each line changes one field and holds the others (in brackets); the "
-        "orderings below cover every pair."
+        "Every comparison is paired by seed: runs with the same seed start from the same weights and read the same "
+        "batches, so each seed gives one difference (a − b), and the line reports the mean difference with its 95% "
+        "Student-t interval over the seeds both variants have (n = the pairs; seeds only one side has are named and "
+        "left out). A difference is resolved when the interval excludes 0 (a paired t-test at α = 0.05); otherwise the "
+        "line says the smallest difference the comparison could have detected (80% power). Final losses are each "
+        "variant's at its own best LR; with several variant fields, each line changes one field and holds the others "
+        "(in brackets); the orderings below cover every pair."
     )
     lines.append("")
     quantity = "final val loss at its best LR" if ctx.study.lr_key else "final val loss"
-    best, sens = ctx.best_stats, ctx.sensitivity_stats
-    for spreads, what in ((best, quantity), (sens, "LR sensitivity")):
-        pairs = comparison_pairs(ctx.study, list(spreads))
-        if not pairs and spreads is best:
+    best, sens = ctx.best_by_seed(), ctx.sensitivity_by_seed()
+    for per_seed, what in ((best, quantity), (sens, "LR sensitivity")):
+        pairs = comparison_pairs(ctx.study, list(per_seed))
+        if not pairs and per_seed is best:
             lines.append("Fewer than two variants have finished runs with a validation loss: nothing to compare.")
         for a, b, label_a, label_b, context in pairs:
-            lines.append("- " + stats.compare(label_a, spreads[a], label_b, spreads[b], what, context=context))
+            p = stats.pair(per_seed[a], per_seed[b])
+            lines.append("- " + paired_sentence(label_a, label_b, p, what, context))
     lines.append("")
     return [*lines, *orderings(best, sens), ""]
 
 
-def orderings(best: dict[str, stats.Spread], sens: dict[str, stats.Spread]) -> list[str]:
+def paired_sentence(label_a: str, label_b: str, p: stats.Paired, quantity: str, context: str = "") -> str:
+    """One sentence comparing two variants on a lower-is-better quantity from their per-seed differences."""
+    where = f" ({context})" if context else ""
+    head = f"{label_a} vs {label_b}{where}: {quantity}, {label_a} − {label_b} = {p.text()}"
+    unpaired = p.unpaired_text(label_a, label_b)
+    tail = f" ({unpaired})" if unpaired else ""
+    if p.n == 0:
+        return f"{label_a} vs {label_b}{where}: {quantity}: no seed has a result in both, nothing to compare{tail}."
+    if p.n == 1:
+        return f"{head}: a single paired seed gives no interval{tail}."
+    if p.identical:
+        return f"{head}: equal in every paired seed{tail}."
+    sign = p.sign()
+    if sign == 0:
+        return f"{head}: not resolved; could have detected differences ≥ {p.detectable():.3f} (80% power){tail}."
+    lower = label_a if sign < 0 else label_b
+    return f"{head}: {lower} is lower by {abs(p.mean):.3f} (the interval excludes 0){tail}."
+
+
+def orderings(best: dict[str, dict], sens: dict[str, dict]) -> list[str]:
     lines = []
-    for title, spreads in (("final loss", best), ("LR sensitivity", sens)):
-        if len(spreads) < 2:
+    for title, per_seed in (("final loss", best), ("LR sensitivity", sens)):
+        if len(per_seed) < 2:
             continue
-        pairs = stats.ranking(spreads)
+        pairs = stats.paired_ranking(per_seed)
         if pairs:
             text = "; ".join(f"{a} < {b}" for a, b in pairs)
-            lines.append(f"Resolved orderings ({title}, lower is better): {text}. All other pairs: not ranked.")
+            lines.append(
+                f"Resolved orderings ({title}, lower is better, paired by seed): {text}. Other pairs: not ranked."
+            )
         else:
-            lines.append(f"Ranking by {title}: no pair of variants is distinguishable at this seed count.")
+            lines.append(f"Ranking by {title}: no pair of variants is resolved by the paired comparisons.")
     for a, b in stats.uniformly_worse(sens, best):
         lines.append(
-            f"Caveat: {a} has the lower LR sensitivity but the distinguishably higher best loss than {b}: it is "
-            "uniformly worse across the LR grid, not more robust to the learning rate."
+            f"Caveat: {a} has the lower LR sensitivity but the higher best loss than {b} (both resolved, paired by "
+            "seed): it is uniformly worse across the LR grid, not more robust to the learning rate."
         )
     return lines
 
@@ -338,39 +379,48 @@ def findings_section(ctx: Context) -> list[str]:
         return []
     lines = ["### Published findings", ""]
     lines.append(
-        "The sweep file declares which published findings it tests and which variant plays each role. Every "
-        "verdict is computed from the runs by the rules below, never written by hand: a finding's claim is split "
-        "into checks, each of which supports it, contradicts it or cannot decide; the verdict is *reproduced* when "
-        "every check supports the claim, *not reproduced* when one contradicts it, and otherwise *inconclusive at "
-        "this seed count*."
+        "The sweep file declares which published findings it tests, which variant plays each role and the tolerance "
+        "δ of its equivalence statements. Every verdict is computed from the runs by the rules below, never written "
+        "by hand: a finding's claim is split into checks, each of which supports it, contradicts it or cannot decide; "
+        "the verdict is *reproduced* when every check supports the claim, *not reproduced* when one contradicts it, "
+        "and otherwise *inconclusive*. A check that cannot decide says what the study could have detected."
     )
     rows = [
         [
             f"({j.finding.key}) {j.finding.title}",
             f"{j.finding.claim} ({j.finding.citation})",
             "; ".join(f"{role}: {variant}" for role, variant in j.variants.items()),
+            tolerance_text(j),
             "; ".join(f"{c.text} [{CHECK_WORDS[c.supports]}]" for c in j.checks),
             f"**{j.verdict}**",
         ]
         for j in ctx.judged
     ]
-    lines += ["", *table(["finding", "published claim", "roles", "this study measured", "verdict"], rows), ""]
-    margin = ctx.tolerance
+    columns = ["finding", "published claim", "roles", "tolerance δ", "this study measured", "verdict"]
+    lines += ["", *table(columns, rows), ""]
     lines.append(
-        f"{stats.spread_meaning(list(ctx.best_stats.values()))}. Two values are distinguishable when their "
-        f"mean ± spread intervals do not overlap; *equal within {margin:g} nats* when they overlap and the two "
-        f"spreads add up to at most {margin:g} nats (the report's --tolerance), so that a larger difference would "
-        "have been resolved: overlapping intervals alone only say that a difference is within the noise, not that "
-        "it is small. Stalled and diverged runs count as failures at their learning rate."
+        "Paired by seed: each comparison is over the per-seed differences of the seeds both roles have, with a 95% "
+        "Student-t interval (± is its half-width); *lower* means the interval lies below 0 (a paired t-test at "
+        "α = 0.05); *equivalent within ±δ* is a TOST at α = 0.05 (the 90% interval strictly inside ±δ); a sign test "
+        "is exact and one-sided at α = 0.05, ties left out. The power line is the smallest true difference a paired "
+        "t-test with this n and the measured paired SD detects with 80% power. A run that diverged or stalled "
+        "failed at its learning rate."
     )
     lines += ["", "How each verdict is computed:", ""]
     for j in ctx.judged:
-        lines.append(f"- ({j.finding.key}) {j.finding.rule.format(margin=margin, threshold=findings.LOGIT_THRESHOLD)}")
+        rule = j.finding.rule.format(margin=j.tolerance, threshold=findings.LOGIT_THRESHOLD)
+        lines.append(f"- ({j.finding.key}) {rule}")
     lines.append(
-        "- A verdict is about this small-scale proxy (the scale in *What this does and does not show* below), and at "
-        "this seed count a resolved difference is a hint, not a significance test."
+        "- A verdict is about this small-scale proxy (the scale in *What this does and does not show* below). Each "
+        "test is at α = 0.05 with no correction for the several checks and findings of one report."
     )
     return [*lines, ""]
+
+
+def tolerance_text(j: findings.Judgement) -> str:
+    if j.declared_tolerance:
+        return f"{j.tolerance:g} nats (declared in the sweep file)"
+    return f"{j.tolerance:g} nats (the report's --tolerance: not declared before the study)"
 
 
 CHECK_WORDS = {True: "supports", False: "contradicts", None: "cannot decide"}
@@ -521,9 +571,9 @@ def seed_count_caveat(ns: list[int]) -> str:
             "ranked above another."
         )
     return (
-        f"- With {'/'.join(map(str, ns))} seeds the spread estimate is itself rough: differences smaller than it are "
-        "reported as not distinguishable, and a resolved difference at this seed count is a hint, not a significance "
-        "test."
+        f"- With {'/'.join(map(str, ns))} seeds the paired intervals are wide (a t-interval over n seeds has n − 1 "
+        "degrees of freedom): a difference not resolved is not shown absent, and each comparison's power line says "
+        "how large a difference it could have detected."
     )
 
 
@@ -607,7 +657,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tolerance",
         type=float,
         default=DEFAULT_TOLERANCE,
-        help=f"largest stable LR: mean final loss within this many nats of the best LR's (default {DEFAULT_TOLERANCE})",
+        help=f"nats: largest stable LR (mean final loss within it of the best LR's), and the equivalence margin of "
+        f"findings that declare no tolerance (default {DEFAULT_TOLERANCE})",
     )
     args = parser.parse_args(argv)
     try:

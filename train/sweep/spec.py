@@ -114,7 +114,7 @@ class Sweep:
     description: str | None
     fields: dict[str, str]  # sweep key -> config field
     runs: list[RunSpec] = field(default_factory=list)
-    findings: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # finding -> role -> selector
+    findings: dict[str, dict[str, Any]] = field(default_factory=dict)  # finding -> role -> selector (and tolerance)
 
     def record(self) -> SweepRecord:
         """What sweep.yaml records of this sweep, with this machine's hardware."""
@@ -305,7 +305,7 @@ def effective_settings(run: RunSpec) -> dict[str, Any]:
     return {k: model_field(model, k) if v is None and k in MODEL_FIELDS else v for k, v in run.config.items()}
 
 
-def check_findings(sweep: Sweep, raw: Any) -> dict[str, dict[str, dict[str, Any]]]:
+def check_findings(sweep: Sweep, raw: Any) -> dict[str, dict[str, Any]]:
     """The `findings:` declaration, checked against the grid, then against the settings of each role's variant."""
     variant_keys = [k for k in sweep.grid if sweep.fields[k] not in (LR_FIELD, SEED_FIELD)]
     lr_axis = any(sweep.fields[k] == LR_FIELD for k in sweep.grid)
@@ -314,7 +314,7 @@ def check_findings(sweep: Sweep, raw: Any) -> dict[str, dict[str, dict[str, Any]
         settings = {
             key: {
                 role: effective_settings(next(r for r in sweep.runs if findings.matches(selector, r.grid)))
-                for role, selector in roles.items()
+                for role, selector in findings.role_selectors(roles).items()
             }
             for key, roles in declared.items()
         }

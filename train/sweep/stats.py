@@ -1,18 +1,39 @@
-"""The report's statistics: small pure functions on plain numbers, tested on constructed inputs.
+"""The report's statistics: small pure functions on plain numbers, tested on constructed inputs (tests/test_stats.py).
 
+Paired comparisons (what every comparison and verdict uses). A seed fixes the initial weights (every tensor two
+variants share) and the order of the training batches, whatever the norm, its placement or QK-norm (common random
+numbers, tested in tests/test_stats.py). Two variants run with seed k therefore differ only in the variant, and a
+comparison is computed from the per-seed differences d_k = a_k − b_k (`pair`) over the seeds present in both; a seed
+missing from either side is left out and named, and n counts the pairs.
+  * mean difference d̄ and a 95% Student-t interval d̄ ± t(0.975, n−1) · s_d / √n (`Paired.interval`).
+  * "a is lower than b": the 95% interval lies entirely below 0 (a two-sided paired t-test at α = 0.05); "higher":
+    entirely above 0; otherwise the difference is not resolved.
+  * "a equals b within δ" (the declared tolerance): two one-sided tests (TOST, Schuirmann 1987) at α = 0.05, which is
+    the 90% t-interval lying strictly inside (−δ, δ) (`Paired.equivalent`); a difference whose interval touches ±δ
+    is not shown equal. "Further apart than δ": the 95% interval lies entirely outside [−δ, δ] (`Paired.apart`).
+  * the power line: the smallest true mean difference a two-sided paired t-test at α = 0.05 would detect with 80%
+    power, with the measured paired SD and n (`detectable_difference`, exact through the noncentral t), so that a
+    result that resolves nothing says how far it was from deciding. `seeds_needed` and `seeds_for_equivalence` turn
+    a pilot's paired SD into a seed count.
+  * ordinal outcomes (the largest stable LR of each seed, fail or train): an exact sign test over the seeds
+    (`sign_test`), ties left out; with α = 0.05 it needs at least `sign_test_needs()` = 5 untied seeds, all one way.
+
+Why a t-interval rather than a bootstrap one: with the 5–10 seeds a study affords, a percentile bootstrap resamples
+from at most a few hundred distinct sets, its intervals are too narrow by about √((n−1)/n) and ignore the t-tails,
+so they undercover exactly where the seed count is small. The t-interval is exact when the per-seed differences are
+normal, and differences of final losses between two variants that share everything but the variant are sums of many
+small effects; its mild sensitivity to skew is the price, and n seeds could not test normality anyway. The TOST and
+the power calculation rest on the same t model, so the three statements are consistent with each other.
+
+Summaries of one variant (the results tables, not the comparisons):
   * seed spread: with 3 or more seeds, mean ± sample standard deviation over seeds; with 2 seeds, mean ± half the
-    min–max range; with 1 seed there is no spread and nothing is ranked.
-  * two variants are ranked only if their mean ± spread intervals do not overlap; otherwise they are "not
-    distinguishable at this seed count".
+    min–max range; with 1 seed there is no spread.
   * LR sensitivity (Wortsman et al. 2023, "Small-scale proxies for large-scale Transformer training
     instabilities"): E over the LR grid of [min(final_loss(lr), loss_at_init) − min over LRs of final_loss],
-    computed per seed (diverged runs count as loss_at_init), then mean ± spread over seeds.
-  * "the same": two values are equal within a margin when they are not distinguishable AND the sum of their spreads
-    is at most the margin (so a difference larger than the margin would have been resolved); overlapping intervals
-    alone say only that a difference is within the noise, not that it is small.
-  * above or below a threshold: the whole mean ± spread interval lies on one side of it.
+    computed per seed (diverged runs count as loss_at_init), then mean ± spread over seeds; per-seed values pair
+    across variants like losses.
   * largest stable LR: the largest LR whose runs did not diverge for any seed and whose mean final loss is within a
-    tolerance of the best LR's.
+    tolerance of the best LR's (`largest_stable_lr`); per seed, the same function over that seed's runs alone.
 
 A final loss of None (or NaN/inf) means the run diverged.
 """
@@ -24,6 +45,185 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from scipy import optimize
+from scipy import stats as dist
+
+CONFIDENCE = 0.95  # of every interval the report prints
+ALPHA = 0.05  # of every test: two-sided for differences, each one-sided test of a TOST, one-sided sign tests
+POWER = 0.8  # of the power line
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Paired comparisons
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Per-seed differences a − b over the seeds where both have a finite value; `only_a` / `only_b` name the seeds
+    that could not be paired."""
+
+    seeds: tuple[Any, ...]
+    diffs: tuple[float, ...]
+    only_a: tuple[Any, ...] = ()
+    only_b: tuple[Any, ...] = ()
+
+    @property
+    def n(self) -> int:
+        return len(self.diffs)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.diffs) if self.diffs else None
+
+    @property
+    def sd(self) -> float | None:
+        """Sample standard deviation of the differences; None below 2 pairs."""
+        return statistics.stdev(self.diffs) if self.n >= 2 else None
+
+    def interval(self, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+        """Two-sided Student-t interval for the mean difference; None below 2 pairs."""
+        if self.n < 2:
+            return None
+        half = float(dist.t.ppf(0.5 + confidence / 2, self.n - 1)) * self.sd / math.sqrt(self.n)
+        return self.mean - half, self.mean + half
+
+    @property
+    def identical(self) -> bool:
+        """Every paired difference is zero (to 1e-9, float rounding of equal runs): nothing to test."""
+        return self.n > 0 and all(abs(d) <= 1e-9 for d in self.diffs)
+
+    def sign(self) -> int | None:
+        """-1 when the 95% interval lies below 0 (a is lower), +1 above, 0 when it holds 0; None below 2 pairs."""
+        ci = self.interval()
+        if ci is None:
+            return None
+        return -1 if ci[1] < 0 else (1 if ci[0] > 0 else 0)
+
+    def equivalent(self, tolerance: float, alpha: float = ALPHA) -> bool | None:
+        """TOST at `alpha`: the (1 − 2 alpha) interval strictly inside (−tolerance, tolerance); None below 2 pairs."""
+        ci = self.interval(1 - 2 * alpha)
+        return None if ci is None else -tolerance < ci[0] and ci[1] < tolerance
+
+    def tost_p(self, tolerance: float) -> float | None:
+        """The TOST p-value: the larger of the two one-sided t-test p-values against −tolerance and +tolerance."""
+        if self.n < 2:
+            return None
+        if self.sd == 0:
+            return 0.0 if abs(self.mean) < tolerance else 1.0
+        se = self.sd / math.sqrt(self.n)
+        above = dist.t.sf((self.mean + tolerance) / se, self.n - 1)  # H0: mean <= -tolerance
+        below = dist.t.cdf((self.mean - tolerance) / se, self.n - 1)  # H0: mean >= +tolerance
+        return float(max(above, below))
+
+    def apart(self, tolerance: float) -> bool | None:
+        """The 95% interval lies entirely outside [−tolerance, tolerance]: further apart than the tolerance."""
+        ci = self.interval()
+        return None if ci is None else ci[0] > tolerance or ci[1] < -tolerance
+
+    def detectable(self, power: float = POWER, alpha: float = ALPHA) -> float | None:
+        return detectable_difference(self.sd, self.n, power, alpha) if self.n >= 2 else None
+
+    def text(self, digits: int = 3) -> str:
+        """'-0.012 ± 0.034 (95% t-interval, 5 paired seeds)'; the ± is the interval's half-width."""
+        if self.n == 0:
+            return "no paired seeds"
+        if self.n == 1:
+            return f"{self.mean:+.{digits}f} (1 paired seed: no interval)"
+        lo, hi = self.interval()
+        return f"{self.mean:+.{digits}f} ± {(hi - lo) / 2:.{digits}f} (95% t-interval, {self.n} paired seeds)"
+
+    def power_line(self, digits: int = 3) -> str:
+        """What this comparison could have resolved: 'could have detected differences ≥ X nats; observed Y ± Z'."""
+        if self.n < 2:
+            return f"{self.n} paired seed(s): no interval and no power estimate"
+        return (
+            f"could have detected differences ≥ {self.detectable():.{digits}f} (80% power, two-sided α = 0.05, paired "
+            f"SD {self.sd:.{digits}f}, n = {self.n}); observed {self.text(digits)}"
+        )
+
+    def unpaired_text(self, label_a: str = "a", label_b: str = "b") -> str:
+        """Which seeds were left out for want of a partner ('' when every seed paired)."""
+        parts = [
+            f"seed(s) {', '.join(map(str, s))} only in {label}"
+            for s, label in ((self.only_a, label_a), (self.only_b, label_b))
+            if s
+        ]
+        return "; ".join(parts) + " (left out)" if parts else ""
+
+
+def pair(a: Mapping[Any, float | None], b: Mapping[Any, float | None]) -> Paired:
+    """Pair two seed -> value maps on the seeds where both values are finite (None, NaN or inf: no value)."""
+    keep_a = {k for k, v in a.items() if finite(v)}
+    keep_b = {k for k, v in b.items() if finite(v)}
+    seeds = sorted(keep_a & keep_b, key=str)
+    return Paired(
+        tuple(seeds),
+        tuple(float(a[k]) - float(b[k]) for k in seeds),
+        tuple(sorted(keep_a - keep_b, key=str)),
+        tuple(sorted(keep_b - keep_a, key=str)),
+    )
+
+
+def detectable_difference(sd: float, n: int, power: float = POWER, alpha: float = ALPHA) -> float:
+    """The smallest true mean difference that a two-sided one-sample (paired) t-test at `alpha` with `n` pairs
+    detects with probability `power`, when the differences have standard deviation `sd`. Exact: the test statistic
+    follows a noncentral t with n − 1 degrees of freedom and noncentrality Δ√n / sd."""
+    if n < 2:
+        raise ValueError("a t-test needs at least 2 pairs")
+    if sd == 0:
+        return 0.0
+    df = n - 1
+    crit = dist.t.ppf(1 - alpha / 2, df)
+
+    def shortfall(effect: float) -> float:  # effect in units of sd
+        nc = effect * math.sqrt(n)
+        # The far tail P(T < −crit) by symmetry; scipy returns NaN where it underflows, i.e. where it is ~0.
+        far = dist.nct.sf(crit, df, -nc)
+        return dist.nct.sf(crit, df, nc) + (far if math.isfinite(far) else 0.0) - power
+
+    high = 1.0
+    while shortfall(high) < 0:
+        high *= 2
+    return optimize.brentq(shortfall, 0.0, high, xtol=1e-12) * sd
+
+
+def seeds_needed(sd: float, difference: float, power: float = POWER, alpha: float = ALPHA, most: int = 1000) -> int:
+    """The fewest pairs whose paired t-test detects a true `difference` with `power` (None-free: at most `most`)."""
+    return next((n for n in range(2, most + 1) if detectable_difference(sd, n, power, alpha) <= difference), most)
+
+
+def seeds_for_equivalence(sd: float, tolerance: float, power: float = POWER, alpha: float = ALPHA) -> int:
+    """The fewest pairs for which a TOST at `alpha` shows equivalence within ±tolerance with `power` when the true
+    difference is 0: the smallest n with (t(1 − alpha, n − 1) + t(1 − (1 − power) / 2, n − 1)) · sd / √n <=
+    tolerance (Chow, Shao & Wang, *Sample Size Calculations in Clinical Research*, 2nd ed. 2008, section 3.2)."""
+
+    def reach(n: int) -> float:
+        df = n - 1
+        return (dist.t.ppf(1 - alpha, df) + dist.t.ppf(1 - (1 - power) / 2, df)) * sd / math.sqrt(n)
+
+    return next(n for n in range(2, 100_000) if reach(n) <= tolerance)
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """One-sided exact sign test: the probability of at least `wins` of `wins + losses` untied seeds going one way
+    if either way were equally likely (ties are left out before calling). 1.0 with no untied seed."""
+    if wins + losses == 0:
+        return 1.0
+    return float(dist.binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue)
+
+
+def sign_test_needs(alpha: float = ALPHA) -> int:
+    """The fewest untied seeds, all one way, that a one-sided sign test can call significant at `alpha`."""
+    return math.ceil(math.log2(1 / alpha))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Summaries of one variant
 
 
 @dataclass(frozen=True)
@@ -74,62 +274,29 @@ def spread_meaning(spreads: Sequence[Spread | None]) -> str:
     return "± = " + "; ".join(parts)
 
 
-def distinguishable(a: Spread, b: Spread) -> bool | None:
-    """True if the mean ± spread intervals do not overlap, False if they do, None if either has a single seed."""
-    if a.pm is None or b.pm is None:
-        return None
-    return abs(a.mean - b.mean) > a.pm + b.pm
+def paired_ranking(per_seed: Mapping[str, Mapping[Any, float | None]]) -> list[tuple[str, str]]:
+    """Pairs (lower, higher) of variants whose paired difference is resolved (95% interval excludes 0), in the order
+    of the variants' means; every other pair is unranked."""
+    means = {k: statistics.fmean(xs) for k, v in per_seed.items() if (xs := [x for x in v.values() if finite(x)])}
+    order = sorted(means, key=means.get)
+    out = []
+    for i, a in enumerate(order):
+        for b in order[i + 1 :]:
+            sign = pair(per_seed[a], per_seed[b]).sign()
+            if sign:
+                out.append((a, b) if sign < 0 else (b, a))
+    return out
 
 
-def equal_within(a: Spread, b: Spread, margin: float) -> bool | None:
-    """True when the intervals overlap and the spreads together are at most `margin` (the difference is then at most
-    `margin`), False when distinguishable, None when the overlap is too wide to say or either has a single seed."""
-    apart = distinguishable(a, b)
-    if apart is None:
-        return None
-    if apart:
-        return False
-    return True if a.pm + b.pm <= margin else None
-
-
-def beyond(s: Spread, threshold: float) -> bool | None:
-    """True when the whole interval lies above `threshold`, False when it lies below, None when it straddles it or
-    there is a single seed."""
-    if s.pm is None:
-        return None
-    if s.mean - s.pm > threshold:
-        return True
-    return False if s.mean + s.pm < threshold else None
-
-
-def compare(label_a: str, a: Spread, label_b: str, b: Spread, quantity: str, digits: int = 3, context: str = "") -> str:
-    """One sentence comparing two variants on a lower-is-better quantity, refusing to rank within the seed spread."""
-    ns = (f"{a.n} seed" + ("s" if a.n > 1 else "")) if a.n == b.n else f"{a.n} vs {b.n} seeds"
-    values = f"{a.text(digits)} vs {b.text(digits)} over {ns}"
-    where = f" ({context})" if context else ""
-    head = f"{label_a} vs {label_b}{where}: {quantity} {values} ({spread_meaning([a, b])})"
-    verdict = distinguishable(a, b)
-    if verdict is None:
-        return f"{head}: not ranked (a single seed gives no spread estimate)."
-    if not verdict:
-        return f"{head}: not distinguishable at this seed count."
-    lower = label_a if a.mean < b.mean else label_b
-    return f"{head}: {lower} is lower by {abs(a.mean - b.mean):.{digits}f}, more than the seed spread."
-
-
-def ranking(stats: Mapping[str, Spread]) -> list[tuple[str, str]]:
-    """Pairs (better, worse) whose difference exceeds the seed spread, best-first; every other pair is unranked."""
-    items = sorted(stats.items(), key=lambda kv: kv[1].mean)
-    return [(la, lb) for i, (la, a) in enumerate(items) for lb, b in items[i + 1 :] if distinguishable(a, b)]
-
-
-def uniformly_worse(sensitivity: Mapping[str, Spread], best_loss: Mapping[str, Spread]) -> list[tuple[str, str]]:
-    """Pairs (a, b) where a is distinguishably less LR-sensitive than b but has a distinguishably worse best loss:
-    its low sensitivity comes from being bad everywhere, not from robustness."""
+def uniformly_worse(
+    sensitivity: Mapping[str, Mapping[Any, float | None]], best_loss: Mapping[str, Mapping[Any, float | None]]
+) -> list[tuple[str, str]]:
+    """Pairs (a, b) where a is resolved less LR-sensitive than b but has a resolved higher best loss: its low
+    sensitivity comes from being bad everywhere, not from robustness."""
     return [
         (a, b)
-        for a, b in ranking(sensitivity)
-        if a in best_loss and b in best_loss and (b, a) in ranking({a: best_loss[a], b: best_loss[b]})
+        for a, b in paired_ranking(sensitivity)
+        if a in best_loss and b in best_loss and pair(best_loss[a], best_loss[b]).sign() == 1
     ]
 
 
