@@ -45,14 +45,14 @@ def test_a_bad_command_line_is_one_line(name, argv, capsys):
 def test_normgpt_lists_every_subcommand_on_one_line(capsys):
     from train.commands import COMMANDS, main
 
-    assert set(COMMANDS) == {"train", "sweep", "report", "export", "evaluate", "push"}
+    assert set(COMMANDS) == {"train", "prepare", "sweep", "report", "export", "evaluate", "push"}
     assert main(["--help"]) == 0
     listing = capsys.readouterr().out.split("commands:\n")[1].split("\n\n")[0].splitlines()
     assert [line.split()[0] for line in listing] == list(COMMANDS)
     assert all(len(line.split()) > 3 for line in listing)  # a name and a sentence, one line each
 
 
-@pytest.mark.parametrize("command", ["train", "sweep", "report", "export", "evaluate", "push"])
+@pytest.mark.parametrize("command", ["train", "prepare", "sweep", "report", "export", "evaluate", "push"])
 def test_each_subcommand_runs_its_tool(command, capsys):
     from train.commands import main
 

@@ -295,9 +295,9 @@ def test_a_repeated_sigterm_is_the_same_request_and_a_second_ctrl_c_is_final(tmp
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.raise_signal(sig)
             signal.raise_signal(sig)  # with the default action back, this would end pytest here
-            assert trainer._signal_seen == sig and signal.getsignal(sig) == trainer._on_signal
+            assert trainer.signal_seen == sig and signal.getsignal(sig) == trainer._on_signal
         signal.raise_signal(signal.SIGINT)
-        assert trainer._signal_seen == signal.SIGINT and signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+        assert trainer.signal_seen == signal.SIGINT and signal.getsignal(signal.SIGINT) is signal.SIG_DFL
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)

@@ -329,7 +329,7 @@ def test_a_grid_without_a_learning_rate_axis_reports_its_runs(tmp_path):
     rows = _results_rows(md)
     assert rows[0].startswith("| norm=rms | – | 3.450 (1 seed) | 1 |")
     assert rows[1].startswith("| norm=layer | – | 3.550 (1 seed) | 1 |")
-    assert "- norm=rms vs norm=layer: final val loss 3.450 (1 seed) vs 3.550 (1 seed) over 1 seed" in md
+    assert "- norm=rms vs norm=layer: final val loss, norm=rms − norm=layer = -0.100 (1 paired seed: no interval)" in md
     assert "nothing to compare" not in md and "no finished seeds" not in md
     assert "The grid has no learning_rate axis" in md and "1 seed(s) per setting." in md
 
@@ -340,8 +340,8 @@ def test_a_multi_seed_grid_without_a_learning_rate_axis_ranks_by_the_seed_spread
     md = (tmp_path / "report.md").read_text()
     rows = _results_rows(md)
     assert rows[0].startswith("| norm=rms | – | 3.460 ± 0.010 | 3 |") and rows[1].startswith("| norm=layer | – | 3.660")
-    assert "final val loss 3.460 ± 0.010 vs 3.660 ± 0.010 over 3 seeds" in md and "norm=rms is lower by 0.200" in md
-    assert "Resolved orderings (final loss, lower is better): norm=rms < norm=layer." in md
+    assert "norm=rms − norm=layer = -0.200 ± 0.000 (95% t-interval, 3 paired seeds): norm=rms is lower by 0.200" in md
+    assert "Resolved orderings (final loss, lower is better, paired by seed): norm=rms < norm=layer." in md
 
 
 def test_a_single_seed_grid_with_a_learning_rate_axis_has_results_but_ranks_nothing(tmp_path):
@@ -352,7 +352,8 @@ def test_a_single_seed_grid_with_a_learning_rate_axis_has_results_but_ranks_noth
     # best LR 0.003 (loss 3.4, val 3.45); stable within 0.1: 0.01; sensitivity (3.6 + 3.4 + 3.45) / 3 - 3.4 = 0.083
     assert _results_rows(md)[0].startswith("| norm=rms | 0.003 | 3.450 (1 seed) | 1 | 0.01 | 0.083 (1 seed) | 1 |")
     assert "| 0.003 | 3.450 (1 seed) | 3.450 (1 seed) |" in md
-    assert "not ranked (a single seed gives no spread estimate)" in md and "no variant is ranked" in md
+    assert "LR sensitivity, norm=rms − norm=layer = +0.000 (1 paired seed: no interval)" in md
+    assert "Ranking by final loss: no pair of variants is resolved by the paired comparisons." in md
 
 
 @pytest.mark.parametrize("sweep_yaml", [True, False], ids=["sweep.yaml", "a run directory gathered by hand"])

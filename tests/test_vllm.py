@@ -12,8 +12,8 @@ import sys
 import pytest
 from tiny_models import save_with_tokenizer, trained_model
 
-from train.publish.export import export_model_dir
 from train.config import REPO_ROOT
+from train.publish.export import export_model_dir
 
 VLLM_PYTHON = os.environ.get("NORMGPT_VLLM_PYTHON")
 if VLLM_PYTHON is None and importlib.util.find_spec("vllm") is None:
