@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from train import arguments
-from train.atomic_io import append_jsonl, atomic_write, read_jsonl
+from train.atomic_io import ParseError, append_jsonl, atomic_write, read_jsonl, read_yaml
 
 SWEEP_YAML = "sweep.yaml"
 RUNS = "runs"
@@ -119,9 +119,9 @@ def read_sweep_record(out_dir: Path) -> SweepRecord | None:
     if not path.is_file():
         return None
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        raise SweepDirectoryError(f"'{path}' is not valid YAML") from None
+        raw = read_yaml(path)
+    except ParseError as err:
+        raise SweepDirectoryError(f"'{path}' {err}") from None
     if not isinstance(raw, dict):
         raise SweepDirectoryError(f"'{path}' is not a mapping")
     return SweepRecord.from_dict(raw, path)

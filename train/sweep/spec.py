@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from train.arguments import shown
 from train.config import (
     DEFAULT_CONFIG,
     REPO_ROOT,
@@ -185,7 +186,7 @@ def resolve_base(path: Path, given: Any) -> Path:
 def check_keys(path: Path, where: str, keys: Iterable[Any], flags: dict[str, Flag]) -> None:
     for key in keys:
         if not isinstance(key, str):
-            raise invalid(path, f"{where} key {key!r} is not a flag name")
+            raise invalid(path, f"{where} key {shown(key)} is not a flag name")
         if key in CONTROLLED:
             raise invalid(path, f"{where} key '{key}' is not allowed ({CONTROLLED[key]})")
         if key not in flags:
@@ -196,7 +197,7 @@ def check_keys(path: Path, where: str, keys: Iterable[Any], flags: dict[str, Fla
 
 def check_value(path: Path, where: str, value: Any) -> None:
     if not is_scalar(value):
-        raise invalid(path, f"{where} holds {value!r}; values must be single values")
+        raise invalid(path, f"{where} holds {shown(value)}; values must be single values")
     if isinstance(value, float) and not math.isfinite(value):
         raise invalid(path, f"{where} holds {value!r}; numbers must be finite")
 
@@ -216,7 +217,7 @@ def check_grid(path: Path, grid: Any, flags: dict[str, Flag]) -> dict[str, list[
     check_keys(path, "grid", grid, flags)
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
-            raise invalid(path, f"grid.{key} must be a non-empty list of values, got {values!r}")
+            raise invalid(path, f"grid.{key} must be a non-empty list of values, got {shown(values)}")
         for value in values:
             check_value(path, f"grid.{key}", value)
         if len({fmt_value(v) for v in values}) < len(values):
@@ -242,7 +243,7 @@ def check_exclude(path: Path, exclude: Any, grid: dict[str, list[Any]]) -> list[
             if key not in grid:
                 raise invalid(path, f"exclude names '{key}', which is not a grid key")
             if fmt_value(value) not in {fmt_value(v) for v in grid[key]}:
-                raise invalid(path, f"exclude {key}={value!r} is not among grid.{key}")
+                raise invalid(path, f"exclude {key}={shown(value)} is not among grid.{key}")
     return exclude
 
 
