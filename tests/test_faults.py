@@ -180,11 +180,12 @@ def test_a_payload_in_any_checkpoint_file_runs_nothing_and_is_refused(corpus, ca
     target = out / "checkpoint-6" / name
     plant(target, marker)
     before = (out / "summary.json").read_bytes()
-    message = refused(flags(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-6")))
+    resume = {"resume_from_checkpoint": str(out / "checkpoint-6"), "max_steps": 20}  # a completed run, extended
+    message = refused(flags(corpus, cache, out, **resume))
     assert f"'{target}' does not match the checkpoint's manifest" in message
     # An attacker who also rewrites the manifest gets no further: the unpickler loads plain data only.
     ckpt.write_manifest(out / "checkpoint-6", 6)
-    message = refused(flags(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-6")))
+    message = refused(flags(corpus, cache, out, **resume))
     assert str(target) in message
     assert not marker.exists()
     assert (out / "summary.json").read_bytes() == before
@@ -206,7 +207,7 @@ def test_legacy_checkpoint_with_a_hostile_pickle_runs_nothing(corpus, cache, tmp
     shutil.copytree(Path(__file__).parent / "data" / "legacy_run", out)
     marker = tmp_path / "PWNED"
     plant(out / "checkpoint-6" / "custom_checkpoint_1.pkl", marker)
-    message = refused(flags(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-6")))
+    message = refused(flags(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-6"), max_steps=20))
     assert "custom_checkpoint_1.pkl" in message and "not a plain-data checkpoint file" in message
     assert not marker.exists()
 
