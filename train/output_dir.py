@@ -158,8 +158,9 @@ class OutputLock:
     it). `acquire` creates the directory if needed; `abandon` undoes what `acquire` created, for a run that stops
     before it wrote anything."""
 
-    def __init__(self, output_dir: Path) -> None:
+    def __init__(self, output_dir: Path, name: str = LOCK, holder: str = "run") -> None:
         self.output_dir = Path(output_dir)
+        self.name, self.holder = name, holder  # the lock file's name, and what holds it (a run, a sweep)
         self._created_dir = False
         self._created_file = False
         self._lock: filelock.FileLock | None = None
@@ -168,7 +169,7 @@ class OutputLock:
         if not self.output_dir.exists():
             self.output_dir.mkdir(parents=True)
             self._created_dir = True
-        path = self.output_dir / LOCK
+        path = self.output_dir / self.name
         if path.is_symlink() or (path.exists() and not path.is_file()):
             # A lock is opened for writing: never through a link (or anything else) planted at its name.
             raise OutputDirError(
@@ -181,8 +182,8 @@ class OutputLock:
         except filelock.Timeout:
             self._lock = None
             raise OutputDirError(
-                f"output_dir '{self.output_dir}' is in use by another normgpt run (it holds {LOCK}); wait for it "
-                "to finish or pass another --output_dir"
+                f"output_dir '{self.output_dir}' is in use by another normgpt {self.holder} (it holds {self.name}); "
+                "wait for it to finish or pass another --output_dir"
             ) from None
 
     def release(self) -> None:
@@ -197,7 +198,7 @@ class OutputLock:
         if not held:
             return
         if self._created_file:
-            (self.output_dir / LOCK).unlink(missing_ok=True)
+            (self.output_dir / self.name).unlink(missing_ok=True)
         if self._created_dir and self.output_dir.is_dir() and not any(self.output_dir.iterdir()):
             os.rmdir(self.output_dir)
 

@@ -1,6 +1,7 @@
 """The sweep directory: what `scripts/ablate.py` writes and `scripts/report.py` reads, through this module only.
 
     sweep.yaml          the resolved sweep (`SweepRecord`), written before the first launch
+    .normgpt-sweep.lock held by the sweep that writes the directory (a second one is refused)
     runs/<name>/        one run directory per grid point (format: train/run_directory.py, which also names this tool's
                         own train.log, the output of every launch into it, and ablate_error.log, why the last failed)
     ablate_runs.jsonl   one row per launch (`Launch`)
@@ -22,6 +23,7 @@ from train import arguments
 from train.atomic_io import ParseError, append_jsonl, atomic_write, read_jsonl, read_yaml
 
 SWEEP_YAML = "sweep.yaml"
+SWEEP_LOCK = ".normgpt-sweep.lock"  # held by the sweep writing the directory, for its whole life
 RUNS = "runs"
 LAUNCHES = "ablate_runs.jsonl"
 SUMMARY_CSV = "summary.csv"
