@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainer_runs import refused
+from trainer_runs import refused, train_here
 
 from train.config import REPO_ROOT
 from train.run_directory import MetricsLog
@@ -80,19 +80,6 @@ def run_train(args: list[str], launcher: list[str] | None = None, env: dict | No
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return proc
-
-
-def train_here(args: list[str]) -> str:
-    """The trainer's entry point in this process (no interpreter start); returns what it printed."""
-    import contextlib
-    import io
-
-    from train.train import main
-
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert main(args) == 0
-    return printed.getvalue()
 
 
 def test_short_run_learns_and_writes_every_output(corpus, cache_dir, tmp_path):

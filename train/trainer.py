@@ -239,6 +239,7 @@ class Trainer:
     # The current segment (from setup or a resume to the end): what is logged, and flags read one step late
     metrics: MetricsLog
     window: LogWindow
+    bar: Any = None  # the progress bar
     readback: LaggedReadback
     stop_flag: torch.Tensor
     lr: float
@@ -552,6 +553,8 @@ class Trainer:
         try:
             return self._loop()
         except OSError as err:  # a full disk, a write refused: one line, and what was written before stays whole
+            if self.bar is not None:
+                self.bar.close()  # so the line is a line of its own
             if self.is_main:
                 with contextlib.suppress(OSError):  # what the failed write left (it may free the space it took)
                     ckpt.clean_stale_staging(self.output_dir)
@@ -576,7 +579,9 @@ class Trainer:
             if self.has_val:
                 state.init_val_loss = self.evaluate()
         self.model.train()
-        bar = tqdm(total=args.max_steps, initial=state.step, disable=not self.is_main, desc="train", dynamic_ncols=True)
+        bar = self.bar = tqdm(
+            total=args.max_steps, initial=state.step, disable=not self.is_main, desc="train", dynamic_ncols=True
+        )
         self.segment_start, self.elapsed_before = time.perf_counter(), state.elapsed
         self.window = LogWindow()
         stop: tuple[RunStatus, str] | None = None
@@ -868,15 +873,15 @@ class Trainer:
 
     def _nothing_lost(self) -> str:
         """What a run stopped by the machine (a full disk) still has, and how to go on."""
-        checkpoints = ckpt.list_checkpoints(self.output_dir) if self.wrote_anything else []
+        if not self.wrote_anything and self.resume_path is None:
+            return f"nothing was written to '{self.output_dir}': free space, then run the same command again"
+        checkpoints = ckpt.list_checkpoints(self.output_dir)
         if checkpoints:
             return (
                 f"every file written before is whole and {checkpoints[-1][1].name} is its newest checkpoint: free "
                 "space, then resume with --resume_from_checkpoint latest"
             )
-        if self.resume_path is not None or self.wrote_anything:
-            return "every file written before is whole: free space, then run the same command again"
-        return f"nothing was written to '{self.output_dir}': free space, then run the same command again"
+        return "every file written before is whole: free space, then start it again with --overwrite_output_dir"
 
     def _write_failed_summary(self, err: Exception) -> None:
         """Best effort: a run that crashed says so instead of looking like one still running."""
