@@ -19,7 +19,8 @@ the set of runs (keys are the trainer's flags without `--`, exactly as on its co
       a: {rms: {norm: rms}, layer: {norm: layer}, tolerance: 0.1}   # the tolerance in nats (train/sweep/findings.py);
                                             # the report computes each verdict from paired seeds
 
-Every value must be a single, finite value. Every run is `accelerate launch --num_processes 1 train/train.py --config
+Every value must be a single, finite value, and a sweep may have at most 10,000 runs (`--max_runs N` raises the cap).
+Every run is `accelerate launch --num_processes 1 train/train.py --config
 BASE <overrides> <grid values> --output_dir DIR/runs/<name>`, named from its grid values
 (`norm=rms,learning_rate=0.003,seed=0`); mixed precision and the rest come from your accelerate config (or
 `--accelerate_config FILE`). Before the first launch, the data of every distinct data config of the sweep is prepared
@@ -35,7 +36,8 @@ summary.json says) are skipped; an interrupted, failed or killed run with a chec
 `--resume_from_checkpoint latest`; a run with neither starts over (ablate.py clears the trainer's files itself,
 keeping its own logs, rather than passing --overwrite_output_dir). A finished or resumable run whose run_config.yaml
 disagrees with the sweep, or a run directory holding files that are not a run, is an error, not silently reused.
-Ctrl-C or SIGTERM stops every run (each gets time to write a checkpoint; a second Ctrl-C kills at once) and exits 130.
+The sweep holds a lock on DIR while it runs: a second sweep into it is refused. Ctrl-C or SIGTERM stops every run
+(each trainer gets one SIGTERM and time to write a checkpoint; a second Ctrl-C kills at once) and exits 130.
 Failed or interrupted runs are listed at the end and make the exit code 1; bad input is one line on stderr and exit
 code 2. The code is the package train/sweep/.
 """

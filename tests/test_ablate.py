@@ -16,8 +16,9 @@ import yaml
 from synthetic_corpus import write_corpus
 
 from train.atomic_io import read_json
-from train.checkpoints import write_manifest
+from train.checkpoints import list_checkpoints, write_manifest
 from train.config import build_parser
+from train.output_dir import OutputDirError, OutputLock
 from train.run_directory import (
     DATA_INFO,
     ERROR_LOG,
@@ -32,6 +33,7 @@ from train.run_directory import (
 from train.sweep import ablate, plan, scheduler, spec
 from train.sweep.directory import (
     LAUNCHES,
+    SWEEP_LOCK,
     read_launches,
     read_sweep_record,
     run_dir,
@@ -139,6 +141,18 @@ BAD_SWEEPS = {
         "post_warmup: {norm_placement: post, warmup_steps: 100}}}\n",
         "findings.b: roles pre and post must share a warm-up (warmup_steps 100 vs 0)",
     ),
+    "billion laughs": (
+        'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\nb: &b [*a, *a, *a, *a, *a, *a]\n'
+        "grid: {seed: [*b, *b, *b, *b, *b, *b, *b, *b, *b]}\n",
+        "uses a YAML alias (*a) at line 2; anchors and aliases are not read",
+    ),
+    "nested too deeply": ("grid: {seed: " + "[" * 20000 + "]" * 20000 + "}\n", "is nested too deeply to read"),
+    "a million runs": (
+        "grid: {seed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], learning_rate: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],"
+        " warmup_steps: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], max_steps: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],"
+        " logging_steps: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], eval_steps: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}\n",
+        "the grid has 1,000,000 points, more than the 10,000 runs a sweep may launch; shrink it, or raise --max_runs",
+    ),
     "no learning-rate axis": (
         "grid: {qk_norm: [false, true]}\nfindings: {c: {plain: {qk_norm: false}, qk_norm: {qk_norm: true}}}\n",
         "finding c needs a learning_rate axis in the grid",
@@ -159,6 +173,49 @@ def test_bad_sweep_is_one_error_line_and_exit_2(case, tmp_path, capsys):
     assert len(lines) == 1 and lines[0].startswith("ablate.py: error: "), captured.err
     assert message in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_max_runs_raises_the_cap_and_exclusions_count(tmp_path, capsys):
+    path = write_sweep(tmp_path / "s.yaml", "grid: {seed: [0, 1, 2]}\nexclude: [{seed: 2}]\n")
+    out = tmp_path / "out"
+    assert ablate.main([str(path), "--output_dir", str(out), "--max_runs", "1", "--dry_run"]) == 2
+    assert "the grid has 3 points, more than the 1 runs a sweep may launch" in capsys.readouterr().err
+    assert ablate.main([str(path), "--output_dir", str(out), "--max_runs", "2", "--dry_run"]) == 0
+    assert "2 runs; 0 finished (skipped), 0 to resume, 2 to start" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("compute_environment: [LOCAL\n", "is not valid YAML at line 2"),
+        ("a: &x {distributed_type: NO}\nb: *x\n", "uses a YAML alias (*x) at line 2"),
+        ("just text\n", "cannot be used: 'str' object has no attribute 'get'"),
+        ("distributed_type: SIDEWAYS\n", "cannot be used: 'SIDEWAYS' is not a valid DistributedType"),
+    ],
+)
+def test_a_bad_accelerate_config_is_one_line_before_anything_is_launched(tmp_path, capsys, content, message):
+    sweep_path = write_sweep(tmp_path / "s.yaml", {"grid": {"seed": [0]}})
+    (tmp_path / "acc.yaml").write_text(content)
+    args = [str(sweep_path), "--output_dir", str(tmp_path / "out"), "--accelerate_config", str(tmp_path / "acc.yaml")]
+    assert ablate.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"accelerate config '{tmp_path / 'acc.yaml'}' {message}" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_second_sweep_into_a_sweep_directory_in_use_is_refused_in_one_line(tmp_path, capsys):
+    sweep_path = write_sweep(tmp_path / "s.yaml", {"grid": {"seed": [0]}})
+    out = tmp_path / "out"
+    running = OutputLock(out, SWEEP_LOCK, "sweep")  # what a sweep running there holds
+    running.acquire()
+    try:
+        assert ablate.main([str(sweep_path), "--output_dir", str(out)]) == 2
+    finally:
+        running.release()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"output_dir '{out}' is in use by another normgpt sweep" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == [SWEEP_LOCK]  # nothing written: no sweep.yaml, no run
+    assert ablate.main([str(sweep_path), "--output_dir", str(out), "--dry_run"]) == 0  # reading needs no lock
 
 
 def test_every_flag_of_the_trainer_is_accepted_with_aliases():
@@ -305,13 +362,20 @@ def test_an_unusable_output_dir_is_one_line_and_exit_2(tmp_path, capsys):
     assert (tmp_path / "file").read_text() == "mine"
 
 
-def test_restart_clears_the_trainers_files_but_keeps_the_logs(tmp_path):
+def test_restart_clears_the_trainers_files_but_keeps_the_logs_and_never_a_live_runs(tmp_path):
     directory = tmp_path / "run"
     (directory / "checkpoint-2.tmp").mkdir(parents=True)
     for name in ("metrics.jsonl", "run_config.yaml", TRAIN_LOG, ERROR_LOG):
         (directory / name).write_text("x")
+    # A run holds the directory (another sweep's launch, or one started by hand): nothing of it is touched.
+    live = OutputLock(directory)
+    live.acquire()
+    with pytest.raises(OutputDirError, match="is in use by another normgpt run"):
+        plan.clear_for_restart(directory)
+    assert (directory / "metrics.jsonl").is_file() and (directory / "checkpoint-2.tmp").is_dir()
+    live.release()
     plan.clear_for_restart(directory)
-    assert sorted(p.name for p in directory.iterdir()) == [ERROR_LOG, TRAIN_LOG]
+    assert sorted(p.name for p in directory.iterdir()) == [".normgpt.lock", ERROR_LOG, TRAIN_LOG]
 
 
 def test_data_is_prepared_once_per_distinct_data_config(tmp_path, monkeypatch):
@@ -666,3 +730,31 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(corpus, tmp_path):
     md = (out / "report.md").read_text()
     assert f"last launch failed (see `ablate_error.log` in each): `{failed.name}`" in md
     assert read_launches(out)[0][0]["status"] == "failed"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs process groups")
+def test_sigterm_to_a_sweep_gives_its_trainer_one_signal_and_time_to_checkpoint(corpus, tmp_path):
+    """`normgpt sweep` stopped by SIGTERM, through the installed `accelerate launch` and the real trainer: the trainer
+    gets the one signal, finishes its step, writes its checkpoint and an `interrupted` summary, and its launcher, never
+    signalled, exits after it with the code `--quiet` gives any failure (1). A signalled launcher would exit 143
+    (accelerate >= 1.16, which passes SIGTERM on and kills its child 5 s later) or die of it (older ones)."""
+    overrides = {**TINY, "max_steps": 100000, "eval_steps": 0, "dataset": str(corpus), "cache_dir": str(tmp_path / "c")}
+    sweep_path = write_sweep(tmp_path / "s.yaml", {"overrides": overrides, "grid": {"seed": [0]}})
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, str(ABLATE), str(sweep_path), "--output_dir", str(out), "--no_report"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    directory = run_dir(out, "seed=0")
+    deadline = time.monotonic() + 240
+    while load_run(directory).last_step() is None or load_run(directory).last_step() < 2:  # training: handler set
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, output[-3000:]
+    summary = Summary.read(directory)
+    assert summary.status is RunStatus.INTERRUPTED and "SIGTERM" in summary.stop_reason, output[-3000:]
+    assert list_checkpoints(directory)[-1][0] == summary.steps >= 2
+    (launch,) = read_launches(out)[0]
+    assert (launch["status"], launch["exit_code"]) == ("interrupted", 1), output[-3000:]
+    assert "run the same command again to resume it" in output or "interrupted: stopping 1 run(s)" in output

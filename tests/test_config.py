@@ -82,6 +82,17 @@ def test_bad_flags_are_one_clear_line(argv, message):
         ("model:\n  hidden_size: 12.5\n", "model.hidden_size must be int, got 12.5"),
         ("model:\n  norm_type: batch\n", "unknown norm_type 'batch'; valid: rms, layer"),
         ("training:\n  learning_rate: -0.1\n", "learning_rate must be > 0"),
+        ("model: 5\n", "section 'model' must be a mapping of field: value"),
+        # A "billion laughs": ten lines of nested aliases expand to 10^9 strings; refused before anything expands.
+        (
+            "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+            + "".join(f"{x}: &{x} [{', '.join([f'*{y}'] * 10)}]\n" for y, x in zip("abcdefgh", "bcdefghi", strict=True))
+            + "training:\n  seed: *i\n",
+            "uses a YAML alias (*a) at line 2; anchors and aliases are not read",
+        ),
+        ("training:\n  seed: " + "[" * 50_000 + "]" * 50_000 + "\n", "is nested too deeply to read"),
+        # A value of the wrong type is quoted cut short, however long it is.
+        ("training:\n  seed: [" + "1234567, " * 100_000 + "1]\n", "training.seed must be int, got [1234567, 1234567"),
     ],
 )
 def test_bad_config_files_are_one_clear_line(tmp_path, content, message):
@@ -90,6 +101,30 @@ def test_bad_config_files_are_one_clear_line(tmp_path, content, message):
     with pytest.raises(ConfigError) as err:
         parse_args(["--config", str(path)])
     assert message in str(err.value)
+    assert len(str(err.value)) < 2000 and "\n" not in str(err.value)  # the long value is 900 kB
+
+
+def test_a_replayed_run_config_never_aims_at_the_run_it_records(tmp_path):
+    """run_config.yaml records where its run went (a resumed, overwritten, uploaded run's, here); `--config` takes
+    none of it: replaying it trains a new run in a new directory, and the command line still says where."""
+    recorded = parse_args(["--norm", "layer", "--max_steps", "17", "--seed", "3"]).to_yaml_dict()
+    where = {
+        "output_dir": str(tmp_path / "run"),
+        "overwrite_output_dir": True,
+        "resume_from_checkpoint": "latest",
+        "push_to_hub": True,
+        "hub_model_id": "me/run",
+    }
+    recorded["training"] |= where
+    write_yaml(tmp_path / "run_config.yaml", recorded)
+    again = parse_args(["--config", str(tmp_path / "run_config.yaml"), "--seed", "5"])
+    assert sorted(again.not_replayed) == sorted(where)
+    training = again.training
+    assert (training.output_dir, training.overwrite_output_dir, training.resume_from_checkpoint) == (None, False, None)
+    assert (training.push_to_hub, training.hub_model_id) == (False, None)
+    assert (again.model.norm_type, training.max_steps, training.seed) == ("layer", 17, 5)  # everything else replays
+    flagged = parse_args(["--config", str(tmp_path / "run_config.yaml"), "--output_dir", str(tmp_path / "new")])
+    assert flagged.training.output_dir == str(tmp_path / "new")
 
 
 def test_block_size_beyond_positions_fails_before_any_data_work(capsys, tmp_path):

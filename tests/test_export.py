@@ -162,3 +162,112 @@ def test_the_command_rejects_bad_arguments_in_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown type 'q4_k'; valid: f32, f16, q8_0" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The export command: where it writes, what it copies, what it claims
+
+
+@pytest.fixture(scope="module")
+def stock_root(tmp_path_factory):
+    """A directory whose root is a verified stock export with its export.json, as a finished run's root is."""
+    tmp = tmp_path_factory.mktemp("stock_root")
+    root = tmp / "root"
+    export_model_dir(save_with_tokenizer(trained_model(steps=1), tmp / "src"), root)
+    return root
+
+
+def export_line(capsys, argv: list[str], code: int) -> str:
+    """The command's first line of output (its only one, on stderr, for a refusal), with exit code `code`."""
+    capsys.readouterr()
+    assert command.main(argv) == code
+    captured = capsys.readouterr()
+    lines = (captured.err if code else captured.out).strip().splitlines()
+    assert code == 0 or len(lines) == 1, captured.err
+    return lines[0]
+
+
+def test_a_destination_that_cannot_be_made_is_one_line(stock_root, tmp_path, capsys):
+    (tmp_path / "file").write_text("mine")
+    line = export_line(capsys, [str(stock_root), str(tmp_path / "file" / "out")], 2)
+    out, parent = tmp_path / "file" / "out", tmp_path / "file"
+    assert line == f"export: error: out_dir '{out}' cannot be created: '{parent}' is not a directory"
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_copying_a_stock_export_says_whose_check_it_carries(stock_root, tmp_path, capsys):
+    """The copy checks nothing, so it must not print "verified" as if it had."""
+    line = export_line(capsys, [str(stock_root), str(tmp_path / "out")], 0)
+    assert line == (
+        f"export: {tmp_path / 'out'}: LlamaForCausalLM (stock transformers class, no trust_remote_code); copied from "
+        f"'{stock_root}', whose export.json says verified when written (not checked again)"
+    )
+    assert read_export_info(tmp_path / "out").copied_from == str(stock_root)
+
+
+def test_planted_remote_code_is_never_copied_run_or_called_stock(stock_root, tmp_path, capsys):
+    """A folder that claims to be a stock export but names a planted module in config.json's auto_map: the module
+    writes a file when imported, and the file never appears."""
+    import shutil
+
+    hostile = tmp_path / "hostile"
+    shutil.copytree(stock_root, hostile)
+    config = json.loads((hostile / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.C", "AutoModelForCausalLM": "evil.M"}
+    (hostile / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "PWNED"
+    (hostile / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nC = M = None\n")
+    line = export_line(capsys, [str(hostile), str(tmp_path / "out")], 2)
+    assert line == (
+        f"export: error: '{hostile}/config.json' names remote code (auto_map) although '{hostile}' holds no normgpt "
+        "model; refusing to copy it as a stock model"
+    )
+    assert not (tmp_path / "out").exists() and not marker.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hostile"]  # no staging left either
+
+
+def test_a_gguf_that_cannot_be_written_is_refused_before_the_export(tmp_path, capsys, monkeypatch):
+    src = save_with_tokenizer(trained_model(steps=1, norm_placement="post"), tmp_path / "post")
+    monkeypatch.setattr(command, "export_model_dir", lambda *a, **k: pytest.fail("the export ran"))
+    line = export_line(capsys, [str(src), str(tmp_path / "out"), "--gguf", "f32"], 2)
+    assert line.startswith(
+        f"export: error: no GGUF for '{src}': a remote-code model has no llama.cpp architecture (no stock class "
+        "computes it): norm_placement=post"
+    )
+    assert ".tmp" not in line and sorted(p.name for p in tmp_path.iterdir()) == ["post"]
+
+
+def test_two_exports_into_one_new_directory_the_second_to_finish_is_one_line(stock_root, tmp_path, capsys, monkeypatch):
+    """The other export publishes while this one runs: this one's rename finds the directory taken."""
+    out = tmp_path / "out"
+    real = command.write_gguf
+
+    def meanwhile(*args, **kwargs):
+        out.mkdir()
+        (out / "config.json").write_text("the other export's")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(command, "write_gguf", meanwhile)
+    line = export_line(capsys, [str(stock_root), str(out), "--gguf", "f32"], 2)
+    assert line == f"export: error: '{out}' was written by another export meanwhile; nothing written here"
+    assert [p.name for p in out.iterdir()] == ["config.json"] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_what_a_killed_export_left_is_removed_by_the_next_and_a_live_ones_is_not(stock_root, tmp_path, capsys):
+    from filelock import FileLock
+
+    from train.atomic_io import STAGING_LOCK
+
+    stale, live, mine = (tmp_path / f".out.{name}.tmp" for name in ("k1ll3d00", "l1v3w1p0", "notes"))
+    for staging in (stale, live):
+        (staging / "model").mkdir(parents=True)
+        (staging / "model" / "out-q8_0.gguf").write_bytes(b"GGUF half written")
+        (staging / STAGING_LOCK).touch()
+    mine.mkdir()  # a user's folder that merely looks like one: no staging lock in it
+    held = FileLock(str(live / STAGING_LOCK))
+    held.acquire()
+    try:
+        export_line(capsys, [str(stock_root), str(tmp_path / "out")], 0)
+    finally:
+        held.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, mine.name, "out"]

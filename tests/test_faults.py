@@ -3,6 +3,7 @@ runs code, a preempted run resumes exactly, and a resumed run is the run it clai
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -14,9 +15,22 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from synthetic_corpus import write_corpus
-from trainer_runs import FRONT_DOOR, command, flags, losses, refused, run, start, summary, wait_for_step
+from trainer_runs import (
+    FRONT_DOOR,
+    command,
+    flags,
+    losses,
+    refused,
+    run,
+    start,
+    stopped,
+    summary,
+    train_here,
+    wait_for_step,
+)
 
 from train import checkpoints as ckpt
 from train.config import REPO_ROOT
@@ -84,12 +98,70 @@ def test_overwrite_refuses_the_working_directory_its_parents_and_home(corpus, ca
     assert (target / "metrics.jsonl").is_file()
 
 
+def user_files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", ["model files", "with --overwrite_output_dir", "a link to a source tree", "cwd"])
+def test_a_directory_that_holds_no_run_is_refused_not_adopted(corpus, cache, tmp_path, monkeypatch, case):
+    """A fresh run into a folder of someone else's files would have replaced or deleted them at its end."""
+    mine = tmp_path / "mine"
+    (mine / "src").mkdir(parents=True)
+    (mine / "config.json").write_text('{"mine": 1}')
+    (mine / "model.safetensors").write_text("W")
+    (mine / "my-q4.gguf").write_text("G")
+    (mine / "src" / "app.py").write_text("print(1)")
+    out = {"a link to a source tree": tmp_path / "link", "cwd": Path(".")}.get(case, mine)
+    (tmp_path / "link").symlink_to(mine, target_is_directory=True)
+    monkeypatch.chdir(mine)
+    before = user_files(tmp_path)
+    overwrite = {"overwrite_output_dir": "true"} if case == "with --overwrite_output_dir" else {}
+    message = refused(flags(corpus, cache, out, **overwrite))
+    assert message == (
+        f"output_dir '{out}' is not empty and holds no normgpt run (config.json, model.safetensors, my-q4.gguf, "
+        "src); a run writes only into a new or empty directory: pass another --output_dir"
+    )
+    assert user_files(tmp_path) == before and not (mine / ".normgpt.lock").exists()
+
+
+def test_staging_names_are_never_written_through_a_planted_link(corpus, cache, finished, tmp_path):
+    """Links planted at the names of the final model's and a checkpoint's scratch directories (and of the lock):
+    the run removes the links, never writes through them, and the folders they point at stay empty."""
+    out = copy_run(finished, tmp_path / "run")
+    outside = {name: tmp_path / f"outside{i}" for i, name in enumerate([".final.tmp", "checkpoint-14.tmp"])}
+    for name, target in outside.items():
+        target.mkdir()
+        (out / name).symlink_to(target, target_is_directory=True)
+    (out / "mine-q4.gguf").write_text("G")  # a user's file beside the run: publishing never deletes it
+    train_here(flags(corpus, cache, out, resume_from_checkpoint="latest", max_steps=14))
+    assert summary(out).status is RunStatus.COMPLETED and (out / "checkpoint-14" / "manifest.json").is_file()
+    assert all(not any(target.iterdir()) for target in outside.values())
+    assert not [name for name in outside if (out / name).is_symlink()]
+    assert (out / "mine-q4.gguf").read_text() == "G"
+    # The lock is opened for writing: a link at its name is refused, and what it points at is left alone.
+    (tmp_path / "precious").write_text("keep")
+    (out / ".normgpt.lock").unlink()
+    (out / ".normgpt.lock").symlink_to(tmp_path / "precious")
+    message = refused(flags(corpus, cache, out, resume_from_checkpoint="latest", max_steps=16))
+    assert message.startswith(f"'{out / '.normgpt.lock'}' is not normgpt's lock file (a link or a directory)")
+    assert (tmp_path / "precious").read_text() == "keep"
+
+
 def test_overwrite_replaces_a_run_directory_and_only_its_files(corpus, cache, finished, tmp_path):
     out = copy_run(finished, tmp_path / "run")
     old_metrics = (out / "metrics.jsonl").read_bytes()
-    run(command(corpus, cache, out, overwrite_output_dir="true", max_steps=4, save_steps=0))
+    train_here(flags(corpus, cache, out, overwrite_output_dir="true", max_steps=4, save_steps=0))
     assert (out / "metrics.jsonl").read_bytes() != old_metrics
     assert not list(out.glob("checkpoint-*")) and summary(out).steps == 4
+    # --save_steps 0 keeps no checkpoint, not even the final one: such a run is finished for good, and says so.
+    assert refused(flags(corpus, cache, out, max_steps=8)) == (
+        f"output_dir '{out}' already holds a completed run (4 of 4 steps), with no checkpoint to extend it from; "
+        "pass --overwrite_output_dir to replace it, or another --output_dir"
+    )
+    assert refused(flags(corpus, cache, out, max_steps=8, resume_from_checkpoint="latest")) == (
+        f"the run in '{out}' completed without keeping a checkpoint (--save_steps 0), so it cannot be extended; "
+        "train a longer run with --overwrite_output_dir or another --output_dir"
+    )
 
 
 def test_output_dir_that_is_a_file_or_cannot_be_created_is_refused_before_data_work(cache, tmp_path):
@@ -180,11 +252,12 @@ def test_a_payload_in_any_checkpoint_file_runs_nothing_and_is_refused(corpus, ca
     target = out / "checkpoint-6" / name
     plant(target, marker)
     before = (out / "summary.json").read_bytes()
-    message = refused(flags(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-6")))
+    resume = {"resume_from_checkpoint": str(out / "checkpoint-6"), "max_steps": 20}  # a completed run, extended
+    message = refused(flags(corpus, cache, out, **resume))
     assert f"'{target}' does not match the checkpoint's manifest" in message
     # An attacker who also rewrites the manifest gets no further: the unpickler loads plain data only.
     ckpt.write_manifest(out / "checkpoint-6", 6)
-    message = refused(flags(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-6")))
+    message = refused(flags(corpus, cache, out, **resume))
     assert str(target) in message
     assert not marker.exists()
     assert (out / "summary.json").read_bytes() == before
@@ -206,7 +279,7 @@ def test_legacy_checkpoint_with_a_hostile_pickle_runs_nothing(corpus, cache, tmp
     shutil.copytree(Path(__file__).parent / "data" / "legacy_run", out)
     marker = tmp_path / "PWNED"
     plant(out / "checkpoint-6" / "custom_checkpoint_1.pkl", marker)
-    message = refused(flags(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-6")))
+    message = refused(flags(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-6"), max_steps=20))
     assert "custom_checkpoint_1.pkl" in message and "not a plain-data checkpoint file" in message
     assert not marker.exists()
 
@@ -217,6 +290,87 @@ def test_latest_skips_an_incomplete_checkpoint_and_a_path_to_one_is_refused(corp
     assert ckpt.resolve_checkpoint("latest", out) == out / "checkpoint-12"
     message = refused(flags(corpus, cache, out, resume_from_checkpoint=str(out / "checkpoint-99")))
     assert "has no manifest.json (it was never completely written)" in message
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A checkpoint belongs to its run; a finished run is finished
+
+
+def test_another_runs_checkpoint_is_never_resumed_and_init_from_starts_a_new_run_from_it(
+    corpus, cache, finished, tmp_path
+):
+    before = user_files(finished)
+    new = tmp_path / "new"
+    message = refused(flags(corpus, cache, new, resume_from_checkpoint=str(finished / "checkpoint-12"), seed=3))
+    assert message == (
+        f"checkpoint '{finished / 'checkpoint-12'}' is not in output_dir '{new}': a run resumes only its own "
+        f"checkpoints; to start a new run from its weights pass --init_from {finished / 'checkpoint-12'} (and a new "
+        "--output_dir)"
+    )
+    assert not new.exists()
+    message = refused(flags(corpus, cache, new, init_from=finished / "checkpoint-12", hidden_size=64))
+    assert message.startswith(f"cannot start from '{finished / 'checkpoint-12'}': this run differs in hidden_size 32")
+    # Weights and AdamW moments from the other run, a new seed, its tokenizer loaded from the finished run's folder
+    # (with a --vocab_size that cannot apply: said in one line, and the real vocabulary recorded).
+    start_from = {"init_from": finished / "checkpoint-12", "tokenizer": finished, "vocab_size": 512}
+    printed = train_here(
+        [*flags(corpus, cache, new, **start_from, seed=3, max_steps=4, save_steps=6), "--init_optimizer_state"]
+    )
+    assert "note: --vocab_size 512 not used: the model's vocabulary is the tokenizer's (320 tokens" in printed
+    record = summary(new)
+    assert record.init_from == {
+        "checkpoint": str((finished / "checkpoint-12").resolve()),
+        "step": 12,
+        "optimizer_state": True,
+    }
+    assert record.init_val_loss == summary(finished).final_val_loss  # it started from exactly those weights
+    config = yaml.safe_load((new / "run_config.yaml").read_text())
+    assert config["training"]["init_from"] == str(finished / "checkpoint-12") and config["model"]["vocab_size"] == 320
+    # A run shorter than --save_steps still keeps its final step, so it can be extended; reusing it says "completed".
+    assert sorted(p.name for p in new.glob("checkpoint-*")) == ["checkpoint-4"]
+    assert "already holds a completed run (4 of 4 steps); pass --resume_from_checkpoint latest with a larger" in (
+        refused(flags(corpus, cache, new, **start_from, seed=3, max_steps=4, save_steps=6))
+    )
+    assert user_files(finished) == before
+
+
+def test_a_completed_run_is_called_completed_and_resuming_it_unchanged_does_nothing(corpus, cache, finished, tmp_path):
+    out = copy_run(finished, tmp_path / "run")
+    assert refused(flags(corpus, cache, out)) == (
+        f"output_dir '{out}' already holds a completed run (12 of 12 steps); pass --resume_from_checkpoint latest "
+        "with a larger --max_steps to extend it, --overwrite_output_dir to replace it, or another --output_dir"
+    )
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+    printed = train_here(flags(corpus, cache, out, resume_from_checkpoint="latest"))
+    assert printed.strip() == (
+        f"train.py: the run in '{out}' already completed at step 12 of 12; nothing to do (a larger --max_steps "
+        "extends it; --overwrite_output_dir, without --resume_from_checkpoint, trains it again)"
+    )
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()} == before
+
+
+class Killed(BaseException):
+    """What a kill -9 does to the process, as far as the run directory can tell."""
+
+
+def test_a_kill_while_the_final_model_is_exported_repeats_no_evaluation(corpus, cache, tmp_path, monkeypatch):
+    import train.trainer
+
+    out = tmp_path / "run"
+    real = train.trainer.save_final_model
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(train.trainer, "save_final_model", killed)
+    with pytest.raises(Killed):
+        train_here(flags(corpus, cache, out, max_steps=12, save_steps=6))
+    assert not (out / "summary.json").exists() and (out / "checkpoint-12").is_dir()
+    monkeypatch.setattr(train.trainer, "save_final_model", real)
+    train_here(flags(corpus, cache, out, max_steps=12, save_steps=6, resume_from_checkpoint="latest"))
+    rows = MetricsLog(out / "metrics.jsonl").rows()
+    assert [r["step"] for r in rows if "val_loss" in r] == [0, 6, 12]  # the final evaluation logged once
+    assert summary(out).status is RunStatus.COMPLETED and (out / "model.safetensors").is_file()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -246,19 +400,18 @@ def test_resume_with_different_settings_is_refused_before_anything_is_written(
     }
 
 
-def test_extending_max_steps_resumes(corpus, cache, finished, tmp_path):
-    out = copy_run(finished, tmp_path / "run")
-    run(command(corpus, cache, out, resume_from_checkpoint="latest", max_steps=16))
-    assert list(losses(out)) == list(range(1, 17)) and summary(out).status is RunStatus.COMPLETED
-
-
-def test_a_torn_last_metrics_line_is_dropped_on_resume(corpus, cache, finished, tmp_path):
+def test_extending_max_steps_resumes_and_drops_damaged_metrics_lines(corpus, cache, finished, tmp_path):
+    """A completed run is extended from its final checkpoint. A line nested 100,000 deep (which would exhaust the
+    parser's stack) and a torn last line (what a kill mid-write leaves) are dropped like any damaged line."""
     out = copy_run(finished, tmp_path / "run")
     with open(out / "metrics.jsonl", "a") as f:
-        f.write('{"step": 13, "loss": 4.')  # what a kill mid-write leaves
-    proc = run(command(corpus, cache, out, resume_from_checkpoint="latest", max_steps=14))
-    assert "torn last line" in proc.stderr
-    assert list(losses(out)) == list(range(1, 15))
+        f.write("[" * 100_000 + "]" * 100_000 + "\n")
+        f.write('{"step": 13, "loss": 4.')
+    with pytest.warns(UserWarning) as warned:
+        train_here(flags(corpus, cache, out, resume_from_checkpoint="latest", max_steps=16))
+    problems = " ".join(str(w.message) for w in warned)
+    assert "is nested too deeply to read; dropped" in problems and "torn last line" in problems
+    assert list(losses(out)) == list(range(1, 17)) and summary(out).status is RunStatus.COMPLETED
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -363,6 +516,69 @@ def test_bad_values_are_one_line_before_anything_is_written(corpus, cache, tmp_p
     out = tmp_path / "run"
     assert message in refused(flags(corpus, cache, out, **{flag: value}))
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (  # a validation split with fewer tokens than one window: found only after the data is prepared
+            {"validation_split_percentage": 0.5, "block_size": 1024, "max_position_embeddings": 1024},
+            "the validation split has 594 tokens but evaluation needs at least 1024",
+        ),
+        (
+            {"max_train_bytes": 1, "validation_split_percentage": 0},
+            "the train split has 2 tokens but one step needs 128",
+        ),
+        ({"rms_impl": "triton"}, "--rms_impl triton cannot run on this machine's cpu: it needs Triton and a CUDA"),
+    ],
+)
+def test_inputs_found_bad_late_are_still_refused_before_anything_is_written(
+    corpus, cache, tmp_path, monkeypatch, change, message
+):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the kernel's interpreter would run it on the CPU
+    out = tmp_path / "run"
+    assert message in refused(flags(corpus, cache, out, **change))
+    assert not out.exists()  # so the corrected command just works
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device", str(args[0]))
+
+
+def test_a_full_disk_is_one_line_and_loses_nothing(corpus, cache, finished, tmp_path, monkeypatch):
+    import accelerate
+
+    import train.run_directory
+
+    # While a checkpoint is saved: the partial one is removed, the run says where it can resume.
+    out = tmp_path / "run"
+    real = accelerate.Accelerator.save_state
+
+    def fills_the_disk(self, output_dir, **kwargs):
+        if output_dir.endswith("checkpoint-6.tmp"):
+            Path(output_dir, "model.safetensors").write_bytes(b"half a model")
+            no_space(Path(output_dir, "optimizer.bin"))
+        return real(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(accelerate.Accelerator, "save_state", fills_the_disk)
+    message = stopped(flags(corpus, cache, out, max_steps=12, save_steps=3))
+    assert message == (
+        f"the run stopped at step 6: No space left on device ('{out / 'checkpoint-6.tmp' / 'optimizer.bin'}'); every "
+        "file written before is whole and checkpoint-3 is its newest checkpoint: free space, then resume with "
+        "--resume_from_checkpoint latest"
+    )
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert summary(out).status is RunStatus.FAILED and "No space left" in summary(out).stop_reason
+    # While a resume writes its config: nothing of the run changes.
+    out = copy_run(finished, tmp_path / "finished")
+    before = user_files(out)
+    monkeypatch.setattr(train.run_directory, "atomic_write", no_space)
+    message = refused(flags(corpus, cache, out, resume_from_checkpoint="latest", max_steps=20))
+    assert message.startswith(f"the run could not start: No space left on device ('{out / 'run_config.yaml'}'); ")
+    assert message.endswith(
+        "checkpoint-12 is its newest checkpoint: free space, then resume with --resume_from_checkpoint latest"
+    )
+    assert user_files(out) == before
 
 
 def test_json_outputs_are_strict_even_with_non_finite_values(tmp_path):

@@ -94,6 +94,25 @@ def test_a_directory_without_a_model_is_refused_before_any_call(tmp_path):
     assert api.calls == []
 
 
+def test_planted_remote_code_is_never_uploaded(tmp_path, capsys):
+    """A model folder whose config.json names a planted module (it writes a file when imported): the upload and its
+    dry run refuse it in one line, the Hub is never called, and the file never appears."""
+    run = make_run(tmp_path, remote_code=True)
+    config = json.loads((run / "config.json").read_text())
+    config["auto_map"]["AutoConfig"] = "evil.C"
+    (run / "config.json").write_text(json.dumps(config))
+    marker = tmp_path.parent / f"{tmp_path.name}-PWNED"
+    (run / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    assert "evil.py" not in model_files(run)
+    api = FakeHfApi()
+    with pytest.raises(HubError, match=r"names code normgpt did not write \(evil.py\); refusing to upload it"):
+        push_to_hub(run, "me/x", api=api)
+    assert hub.main([str(run), "--hub_model_id", "me/x", "--dry_run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "evil.py" in err
+    assert api.calls == [] and not marker.exists()
+
+
 def test_a_failed_upload_is_one_line(tmp_path):
     run = make_run(tmp_path, remote_code=False)
     with pytest.raises(HubError, match="upload to 'me/x' failed: 401 Unauthorized: bad token") as err:

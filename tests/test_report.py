@@ -278,6 +278,28 @@ def test_unreadable_runs_are_warned_about_one_line_each_and_nothing_crashes(tmp_
     assert "Could not be read (each also printed as a warning):" in md and "got list" in md
 
 
+LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{x}: &{x} [{', '.join([f'*{y}'] * 9)}]\n" for y, x in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+def test_files_that_would_exhaust_a_parser_are_unreadable_like_any_other(tmp_path, capsys):
+    """A recursion-bomb summary.json, a metrics line nested 100,000 deep and a "billion laughs" run_config.yaml (a
+    sweep run's, which report.py reads): each is one warning line, never a RecursionError or gigabytes of memory."""
+    names = fake_sweep(tmp_path, {"learning_rate": [1e-3, 3e-3, 1e-2]}, _loss)
+    bomb, deep, laughs = (tmp_path / "runs" / n for n in names)
+    (bomb / SUMMARY).write_text("[" * 100_000 + "]" * 100_000)
+    with (deep / METRICS).open("a") as f:
+        f.write('{"step": 21, "loss": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    (laughs / "run_config.yaml").write_text(LAUGHS + "training: {seed: *i}\n")
+    assert report.main([str(tmp_path)]) == 0
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 3 and all(w.startswith("report.py: warning: ") for w in warnings), warnings
+    assert "summary.json: unreadable (is nested too deeply to read); the run counts as incomplete" in warnings[0]
+    assert "metrics.jsonl: line 8 is nested too deeply to read; dropped" in warnings[1]
+    assert "run_config.yaml: unreadable (" in warnings[2] and "uses a YAML alias (*a) at line 2" in warnings[2]
+
+
 def test_a_non_finite_learning_rate_is_reported_not_crashed_on(tmp_path, capsys):
     grid = {"learning_rate": [1e-3, 3e-3, math.inf], "seed": [0, 1]}
     fake_sweep(tmp_path, grid, lambda v: None if math.isinf(v["learning_rate"]) else _loss(v))

@@ -62,6 +62,33 @@ def refused(argv: list[str]) -> str:
     return lines[0].removeprefix("train.py: error: ")
 
 
+def stopped(argv: list[str]) -> str:
+    """Like `refused`, for a run that stops on an error after it began training: its progress bar may precede the
+    one line it ends with."""
+    from train.train import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    assert code == 2, f"exit {code}, wanted 2\n{err.getvalue()[-3000:]}"
+    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    assert lines[-1].startswith("train.py: error: ") and "Traceback" not in err.getvalue(), err.getvalue()[-3000:]
+    assert not [line for line in lines[:-1] if "error" in line], err.getvalue()[-3000:]
+    return lines[-1].removeprefix("train.py: error: ")
+
+
+def train_here(argv: list[str], code: int = 0) -> str:
+    """Run the entry point in this process (no interpreter start) and return what it printed; its exit code must be
+    `code`."""
+    from train.train import main
+
+    printed, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(err):
+        got = main(argv)
+    assert got == code, f"exit {got}, wanted {code}\n{err.getvalue()[-3000:]}"
+    return printed.getvalue()
+
+
 def run(cmd: list[str], code: int = 0, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
     assert proc.returncode == code, (

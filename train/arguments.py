@@ -7,7 +7,10 @@ Roles (a field may have several; `fields_with` lists them):
   fields are all resume-relevant, train/config.py);
 - card: shown on the model card (optimization fields too);
 - bookkeeping: where and how a run is kept, not what it computes: the runs of one sweep differ in it without it being
-  something they compare.
+  something they compare;
+- destination: which run directory (or Hub repo) a run writes, and how it treats what is there. Recorded in
+  run_config.yaml, never taken from a `--config` file: replaying a run's config trains a new run, and never aims at
+  the recorded one (train/config.py).
 
 Light on purpose (dataclasses and nothing else): the sweep report reads the roles without importing torch. The model
 section is derived from the model config itself, in train/config.py.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +32,20 @@ OPTIMIZATION = "optimization"
 RESUME = "resume"
 CARD = "card"
 BOOKKEEPING = "bookkeeping"
+DESTINATION = "destination"
 
 
 class ConfigError(ValueError):
     """A bad flag, config file, key or value. The message is one line that names the problem and the valid choices."""
+
+
+_SHOWN = reprlib.Repr()  # (keyword arguments only from Python 3.12 on)
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxstring, _SHOWN.maxother = 2, 4, 4, 60, 60
+
+
+def shown(value: Any) -> str:
+    """A value as an error line quotes it: its repr, cut short (a YAML value can be any size, a message cannot)."""
+    return _SHOWN.repr(value)
 
 
 def flag(text: str, *roles: str, **argparse: Any) -> dict[str, Any]:
@@ -85,9 +99,14 @@ class TrainingArguments:
     """Training fields, named as in `transformers.TrainingArguments` where it has them."""
 
     output_dir: str | None = field(
-        default=None, metadata=flag("run directory (default: runs/<preset>-<norm>-<date>-<time>)", BOOKKEEPING)
+        default=None,
+        metadata=flag(
+            "run directory: a new or empty one (default: runs/<preset>-<norm>-<date>-<time>)", BOOKKEEPING, DESTINATION
+        ),
     )
-    overwrite_output_dir: bool = field(default=False, metadata=flag("replace a run already in output_dir", BOOKKEEPING))
+    overwrite_output_dir: bool = field(
+        default=False, metadata=flag("replace the run already in output_dir", BOOKKEEPING, DESTINATION)
+    )
     max_steps: int = field(default=300, metadata=flag("optimizer steps", CARD))
     per_device_train_batch_size: int = field(
         default=16, metadata=flag("sequences per device per micro-batch", RESUME, CARD)
@@ -116,7 +135,22 @@ class TrainingArguments:
     save_total_limit: int | None = field(default=2, metadata=flag("keep only the newest N checkpoints"))
     resume_from_checkpoint: str | None = field(
         default=None,
-        metadata=flag("checkpoint directory, or 'latest' for the newest one in output_dir", BOOKKEEPING),
+        metadata=flag(
+            "continue the run in output_dir: 'latest' (its newest checkpoint) or one of its checkpoint directories",
+            BOOKKEEPING,
+            DESTINATION,
+        ),
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata=flag(
+            "start this new run from the weights of another run's checkpoint directory (same model fields and "
+            "tokenizer); its step count, schedule and data order start anew",
+            RESUME,
+        ),
+    )
+    init_optimizer_state: bool = field(
+        default=False, metadata=flag("with --init_from: also take the checkpoint's AdamW moments", RESUME)
     )
     max_nonfinite_steps: int = field(
         default=10,
@@ -134,9 +168,16 @@ class TrainingArguments:
         default=None, metadata=flag("tracker run name (default: output_dir's name)", BOOKKEEPING)
     )
     sample_max_new_tokens: int = field(default=64, metadata=flag("tokens sampled from the final model (0: none)"))
-    push_to_hub: bool = field(default=False, metadata=flag("upload the final model directory to the Hugging Face Hub"))
-    hub_model_id: str | None = field(default=None, metadata=flag("Hub repo for --push_to_hub, e.g. user/normgpt-tiny"))
-    hub_private_repo: bool | None = field(default=None, metadata=flag("create the Hub repo private"))
+    push_to_hub: bool = field(
+        default=False,
+        metadata=flag("upload the final model directory to the Hugging Face Hub", BOOKKEEPING, DESTINATION),
+    )
+    hub_model_id: str | None = field(
+        default=None, metadata=flag("Hub repo for --push_to_hub, e.g. user/normgpt-tiny", BOOKKEEPING, DESTINATION)
+    )
+    hub_private_repo: bool | None = field(
+        default=None, metadata=flag("create the Hub repo private", BOOKKEEPING, DESTINATION)
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -157,6 +198,8 @@ class TrainingArguments:
             raise ConfigError(f"unknown report_to {self.report_to!r}; valid: {', '.join(REPORT_TO)}")
         if self.per_device_eval_batch_size is None:
             self.per_device_eval_batch_size = self.per_device_train_batch_size
+        if self.init_optimizer_state and self.init_from is None:
+            raise ConfigError("init_optimizer_state needs --init_from, the checkpoint whose AdamW moments to take")
 
     def _check_counts(self) -> None:
         positive = (

@@ -15,7 +15,6 @@ in `custom_checkpoint_<i>.pkl`) still load, with a warning that their files cann
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 import xxhash
 
-from train.atomic_io import write_json
+from train.atomic_io import parse_json, remove_path, write_json
 from train.run_directory import CHECKPOINT_RE, checkpoint_dirs
 
 logger = logging.getLogger(__name__)
@@ -103,6 +102,16 @@ def resolve_checkpoint(spec: str, output_dir: Path) -> Path:
                 "--overwrite_output_dir"
             )
         return checkpoints[-1][1]
+    path = _complete_checkpoint(spec)
+    if path.resolve().parent != Path(output_dir).resolve():
+        raise CheckpointError(
+            f"checkpoint '{spec}' is not in output_dir '{output_dir}': a run resumes only its own checkpoints; "
+            f"to start a new run from its weights pass --init_from {spec} (and a new --output_dir)"
+        )
+    return path
+
+
+def _complete_checkpoint(spec: str) -> Path:
     path = Path(spec)
     if not path.exists():
         raise CheckpointError(f"checkpoint '{spec}' does not exist; pass a checkpoint-<step> directory or 'latest'")
@@ -110,6 +119,22 @@ def resolve_checkpoint(spec: str, output_dir: Path) -> Path:
         raise CheckpointError(f"'{spec}' is not a training checkpoint (expected a checkpoint-<step> directory)")
     if why := completeness(path):
         raise CheckpointError(f"checkpoint '{spec}' {why}; pass a complete checkpoint or 'latest'")
+    return path
+
+
+def resolve_init(spec: str, output_dir: Path) -> Path:
+    """`--init_from`: a complete checkpoint of another run (a run's own checkpoints are continued, not started from)."""
+    path = _complete_checkpoint(spec)
+    if path.resolve().parent == Path(output_dir).resolve():
+        raise CheckpointError(
+            f"--init_from '{spec}' is a checkpoint of output_dir '{output_dir}' itself: continue that run with "
+            "--resume_from_checkpoint, or start the new run in another --output_dir"
+        )
+    if not (path / "model.safetensors").is_file():
+        raise CheckpointError(
+            f"--init_from '{spec}' holds no model.safetensors (a sharded FSDP checkpoint?); pass a checkpoint whose "
+            "weights are one file"
+        )
     return path
 
 
@@ -148,7 +173,9 @@ def verify(directory: Path) -> None:
     manifest_path = directory / MANIFEST
     if manifest_path.is_file():
         try:
-            listed = json.loads(manifest_path.read_text())["files"]
+            listed = parse_json(manifest_path.read_text())["files"]
+            if not isinstance(listed, dict):
+                raise TypeError("files is not a mapping")
         except (ValueError, KeyError, TypeError):
             raise CheckpointError(f"'{manifest_path}' is damaged (not a checkpoint manifest)") from None
         present = {p.relative_to(directory).as_posix() for p in _files(directory)}
@@ -183,7 +210,7 @@ def read_state(directory: Path) -> dict[str, Any]:
     """trainer_state.json, or the same dict assembled from a legacy checkpoint's custom pickles."""
     if (directory / STATE).is_file():
         try:
-            state = json.loads((directory / STATE).read_text())
+            state = parse_json((directory / STATE).read_text())
         except ValueError:
             raise CheckpointError(f"'{directory / STATE}' is not valid JSON") from None
         if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -214,13 +241,37 @@ def accelerate_view(directory: Path) -> Iterator[Path]:
         yield Path(view)
 
 
+def load_init(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Load a verified checkpoint's weights into `model` (a new run's, same model fields) and, given `optimizer`, its
+    AdamW moments, keeping the new run's hyperparameters (learning rate, betas, decay): only the state is taken."""
+    from safetensors.torch import load_file
+
+    weights = {
+        k.removeprefix("_orig_mod.").removeprefix("module."): v
+        for k, v in load_file(directory / "model.safetensors").items()
+    }
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        names = sorted(set(unexpected) | (set(missing) - tied))
+        raise CheckpointError(f"--init_from '{directory}': its weights do not fit this model ({', '.join(names[:3])})")
+    if optimizer is None:
+        return
+    saved = safe_torch_load(directory / "optimizer.bin")
+    try:
+        optimizer.load_state_dict({**optimizer.state_dict(), "state": saved["state"]})
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"--init_from '{directory}': its optimizer state does not fit this model ({err})"
+        ) from None
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Writing, rotating
 
 
 def publish(staging: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
+    remove_path(final)  # an older checkpoint of the same step (never followed, if a link was planted there)
     os.replace(staging, final)
 
 
@@ -230,12 +281,11 @@ def rotate(output_dir: Path, keep: int | None) -> None:
     if keep is None:
         return
     for _, path in list_checkpoints(output_dir)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path)
 
 
 def clean_stale_staging(output_dir: Path) -> None:
-    """Remove `checkpoint-*.tmp` left by a run that was killed while saving."""
+    """Remove `checkpoint-*.tmp` left by a run that was killed while saving (a link there too, never its target)."""
     if output_dir.is_dir():
         for child in output_dir.glob("checkpoint-*.tmp"):
-            if child.is_dir():
-                shutil.rmtree(child, ignore_errors=True)
+            remove_path(child)

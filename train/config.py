@@ -3,7 +3,9 @@
 Parsing is transformers' `HfArgumentParser` (argparse over dataclasses): every field is a `--flag` with the same name
 as in Hugging Face (`TrainingArguments` names for training, `PretrainedConfig` names for the model). A YAML preset has
 three sections, `model`, `data` and `training`, with the same keys; `run_config.yaml` in every output directory is
-the fully resolved config in that format, so `--config RUN/run_config.yaml` reproduces a run.
+the fully resolved config in that format, so `--config RUN/run_config.yaml` reproduces a run: in a new directory,
+because a file's destination fields (output_dir, overwrite_output_dir, resume_from_checkpoint, the Hub upload: the
+`destination` role of train/arguments.py) are never taken from it, only from the command line.
 
 The `model` section is not declared here: `ModelArguments` is derived from `NormGPTConfig`'s own fields, with the help
 text of the config's docstring, so a model field is declared once, in model/configuration_normgpt.py. The data and
@@ -26,12 +28,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from transformers import HfArgumentParser
 
 from model.configuration_normgpt import HIDDEN_ACTS, NORM_PLACEMENTS, NormGPTConfig
 from model.norms import NORMS, RMS_IMPLS
-from train.arguments import REPO_ROOT, RESUME, ConfigError, DataArguments, TrainingArguments, flag
+from train.arguments import (
+    DESTINATION,
+    REPO_ROOT,
+    RESUME,
+    ConfigError,
+    DataArguments,
+    TrainingArguments,
+    fields_with,
+    flag,
+    shown,
+)
+from train.atomic_io import ParseError, read_yaml
 from train.run_directory import write_run_config
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
@@ -154,6 +166,7 @@ class RunConfig:
     data: DataArguments
     training: TrainingArguments
     config_file: str
+    not_replayed: tuple[str, ...] = ()  # destination fields the config file set, which were not taken from it
 
     def to_yaml_dict(self) -> dict[str, dict[str, Any]]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
@@ -174,14 +187,15 @@ class RunConfig:
     def resolved(self, config: NormGPTConfig, output_dir: Path, cache_dir: Path) -> dict[str, dict[str, Any]]:
         """Sections with every default replaced by the value this run used, so `--config run_config.yaml`
         reproduces the run even after normgpt's defaults change. `vocab_size` stays the BPE size that was asked for
-        (the model's is rounded up to a multiple of 64)."""
+        (the model's is rounded up to a multiple of 64); with `--tokenizer` it is the model's, the tokenizer's size."""
         sections = self.to_yaml_dict()
         for name, value in sections["model"].items():
             if value is None and name != "vocab_size":
                 sections["model"][name] = model_field(config, name)
-        if sections["model"]["vocab_size"] is None:
-            tokenizer_given = self.data.tokenizer is not None
-            sections["model"]["vocab_size"] = config.vocab_size if tokenizer_given else self.model.bpe_vocab_size
+        if self.data.tokenizer is not None:  # the model's vocabulary is the tokenizer's, whatever --vocab_size said
+            sections["model"]["vocab_size"] = config.vocab_size
+        elif sections["model"]["vocab_size"] is None:
+            sections["model"]["vocab_size"] = self.model.bpe_vocab_size
         sections["training"]["output_dir"] = str(output_dir)
         sections["data"]["cache_dir"] = str(cache_dir)
         return sections
@@ -220,31 +234,41 @@ def read_yaml_mapping(path: Path, what: str, keys: Sequence[str], missing_hint: 
     if not path.is_file():
         raise ConfigError(f"{what} '{path}' does not exist{missing_hint}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where is not None else ""
-        raise ConfigError(f"{what} '{path}' is not valid YAML{at}") from None
+        raw = read_yaml(path) or {}
+    except ParseError as err:
+        raise ConfigError(f"{what} '{path}' {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{what} '{path}' must be a mapping with keys {', '.join(keys)}")
     return raw
 
 
-def _flatten_yaml(path: Path) -> dict[str, Any]:
+DESTINATION_FIELDS = fields_with(DESTINATION)
+
+
+def _flatten_yaml(path: Path) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """(field: value of the file's three sections, the destination fields it set to something else than their
+    default, which are left out: where a run goes comes from the command line only)."""
     presets = ", ".join(sorted(p.name for p in (REPO_ROOT / "configs").glob("*.yaml")))
     raw = read_yaml_mapping(path, "config file", list(SECTIONS), f"; presets in configs/: {presets}")
     flat: dict[str, Any] = {}
+    left_out: list[str] = []
     for section, values in raw.items():
         if section not in SECTIONS:
             raise ConfigError(f"config file '{path}': unknown section '{section}'; valid: {', '.join(SECTIONS)}")
-        valid = [f.name for f in dataclasses.fields(SECTIONS[section])]
+        if not isinstance(values or {}, dict):
+            raise ConfigError(f"config file '{path}': section '{section}' must be a mapping of field: value")
+        defaults = {f.name: f.default for f in dataclasses.fields(SECTIONS[section])}
         for key, value in (values or {}).items():
-            if key not in valid:
+            if key not in defaults:
                 raise ConfigError(
-                    f"config file '{path}': unknown key '{key}' in section '{section}'; valid: {', '.join(valid)}"
+                    f"config file '{path}': unknown key {shown(key)} in section '{section}'; valid: "
+                    f"{', '.join(defaults)}"
                 )
+            if key in DESTINATION_FIELDS:
+                left_out += [key] if value != defaults[key] else []
+                continue
             flat[key] = value
-    return flat
+    return flat, tuple(left_out)
 
 
 def _check_types(section: str, args: Any) -> None:
@@ -259,7 +283,7 @@ def _check_types(section: str, args: Any) -> None:
             setattr(args, name, float(value))
         elif not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             wanted = " or ".join(k.__name__ for k in kinds)
-            raise ConfigError(f"{section}.{name} must be {wanted}, got {value!r}")
+            raise ConfigError(f"{section}.{name} must be {wanted}, got {shown(value)}")
 
 
 def parse_args(argv: list[str] | None = None) -> RunConfig:
@@ -271,7 +295,8 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     config_file = Path(pre.parse_known_args(argv)[0].config)
     # YAML values become parser defaults, so anything on the command line still wins; string values go through
     # the same type conversion as flags (argparse converts string defaults), so YAML and CLI are validated alike.
-    parser.set_defaults(**_flatten_yaml(config_file))
+    from_file, not_replayed = _flatten_yaml(config_file)
+    parser.set_defaults(**from_file)
     try:
         # -> the three dataclasses, a namespace holding --config, and the strings no flag claimed
         model_args, data_args, train_args, _, leftover = parser.parse_args_into_dataclasses(
@@ -290,7 +315,7 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
             f"block_size must be >= 2 (a sequence needs at least one input and one target token), got "
             f"{data_args.block_size}"
         )
-    run = RunConfig(model_args, data_args, train_args, str(config_file))
+    run = RunConfig(model_args, data_args, train_args, str(config_file), not_replayed)
     config = run.model_config()  # the model fields checked together (heads divide width, ...) before any work starts
     if data_args.block_size > config.max_position_embeddings:
         raise ConfigError(

@@ -8,6 +8,9 @@ split, through the token cache's key) and the global batch (a different process 
 fine). Everything else (max_steps, logging, evaluation, saving, trackers,
 compile, gradient checkpointing) may change. A longer `--max_steps` re-spreads the cosine decay over the new horizon
 from the resume step on: the learning rate at the resume step jumps from the old schedule's value to the new one's.
+
+A new run started from another run's checkpoint (`--init_from`) needs less: the same architecture and tokenizer
+(`check_init_config`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,12 @@ def _saved(checkpoint: Path, state: dict[str, Any]) -> tuple[dict, dict | None, 
     return sections, key, int(processes)
 
 
+def model_differences(old: dict, new: dict) -> list[str]:
+    """'field old -> new' for every model field (the architecture) that differs between two run configs."""
+    old_model, new_model = _resolved_model(old["model"]), _resolved_model(new["model"])
+    return [f"{k} {old_model.get(k)!r} -> {v!r}" for k, v in new_model.items() if old_model.get(k) != v]
+
+
 def differences(
     old: dict, new: dict, old_key: dict | None, new_key: dict, old_processes: int, new_processes: int
 ) -> list[str]:
@@ -64,8 +73,7 @@ def differences(
             if old[section].get(k) != new[section][k]
         ]
 
-    old_model, new_model = _resolved_model(old["model"]), _resolved_model(new["model"])
-    diffs = [f"{k} {old_model.get(k)!r} -> {v!r}" for k, v in new_model.items() if old_model.get(k) != v]
+    diffs = model_differences(old, new)
     diffs += changed("data", COMPARED_DATA)
     if old_key is not None and old_key != new_key:
         keys = sorted(k for k in set(old_key) | set(new_key) if old_key.get(k) != new_key.get(k))
@@ -90,4 +98,27 @@ def check_resume_config(
         raise ConfigError(
             f"cannot resume from '{checkpoint}' with different settings: {'; '.join(diffs)}; resume with the "
             "checkpoint's settings, or start a new run in another --output_dir"
+        )
+
+
+def check_init_config(checkpoint: Path, state: dict[str, Any], sections: dict, tokenizer_sha256: str) -> None:
+    """Raise ConfigError (one line) unless a new run may start from `checkpoint`'s weights: the same architecture
+    (every model field) and the same tokenizer, without which the weights mean nothing. Everything else may differ."""
+    try:
+        old, old_key, _ = _saved(Path(checkpoint), state)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot tell which settings '{checkpoint}' was trained with: {err}") from None
+    diffs = model_differences(old, sections)
+    # A checkpoint from before the identity was kept names it only when its tokenizer was loaded, in the cache key.
+    old_tokenizer = (state.get("data") or {}).get("tokenizer_sha256") or ((old_key or {}).get("tokenizer") or {}).get(
+        "sha256"
+    )
+    if old_tokenizer is None:
+        diffs.append("the tokenizer (the checkpoint does not record which it was trained with)")
+    elif old_tokenizer != tokenizer_sha256:
+        diffs.append("the tokenizer (pass --tokenizer with the one the checkpoint was trained with)")
+    if diffs:
+        raise ConfigError(
+            f"cannot start from '{checkpoint}': this run differs in {'; '.join(diffs)}; --init_from needs the "
+            "checkpoint's model fields and tokenizer"
         )

@@ -25,7 +25,7 @@ import contextlib
 import dataclasses
 import enum
 import fnmatch
-import json
+import functools
 import math
 import os
 import re
@@ -39,7 +39,16 @@ from typing import Any
 
 import yaml
 
-from train.atomic_io import append_jsonl, atomic_write, read_json, read_jsonl, write_json, write_jsonl
+from train.atomic_io import (
+    append_jsonl,
+    atomic_write,
+    parse_json,
+    read_json,
+    read_jsonl,
+    read_yaml,
+    write_json,
+    write_jsonl,
+)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Names
@@ -59,6 +68,9 @@ ERROR_LOG = "ablate_error.log"
 SWEEP_FILES = (TRAIN_LOG, ERROR_LOG)
 # Files whose presence means a directory holds a run that must not be silently overwritten (checkpoints too).
 RUN_MARKERS = (METRICS, RUN_CONFIG, SUMMARY)
+# What a directory may hold and still count as empty for a fresh run: the lock a run that stopped before writing
+# anything left, and a sweep's logs of its launches into it.
+CLAIMABLE = (LOCK, *SWEEP_FILES)
 
 # The model at the root of a run directory (and of an export directory): a Hugging Face model directory.
 MODEL_CONFIG = "config.json"
@@ -89,6 +101,9 @@ MODEL_FILE_PATTERNS = (
     LOSS_CURVE,  # the card shows it
     "*.gguf",
 )
+# Model files of an export directory only: the trainer never writes one into a run directory, so one there is not
+# normgpt's (a user's quantized model kept beside the run).
+EXPORT_ONLY = ("*.gguf",)
 
 # Checkpoints: checkpoint-<step>/, written as checkpoint-<step>.tmp/ and renamed into place.
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -123,7 +138,11 @@ def checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
-    found = [(checkpoint_step(p), p) for p in run_dir.iterdir() if CHECKPOINT_RE.match(p.name) and p.is_dir()]
+    found = [
+        (checkpoint_step(p), p)
+        for p in run_dir.iterdir()
+        if CHECKPOINT_RE.match(p.name) and p.is_dir() and not p.is_symlink()  # a link is no checkpoint of this run
+    ]
     return sorted(found)
 
 
@@ -137,10 +156,12 @@ def remote_code_files(directory: Path) -> list[str]:
     from transformers.dynamic_module_utils import get_relative_import_files
 
     try:
-        config = json.loads((Path(directory) / MODEL_CONFIG).read_text())
+        config = read_json(Path(directory) / MODEL_CONFIG)
     except (OSError, ValueError):
         return []
-    auto_map = config.get("auto_map") or {}
+    auto_map = (config.get("auto_map") if isinstance(config, dict) else None) or {}
+    if not isinstance(auto_map, dict):
+        return []
     refs = [ref for value in auto_map.values() for ref in (value if isinstance(value, list) else [value])]
     modules = {ref.split("--")[-1].split(".")[0] for ref in refs if isinstance(ref, str)}
     found: set[str] = set()
@@ -152,15 +173,34 @@ def remote_code_files(directory: Path) -> list[str]:
     return sorted(found)
 
 
+@functools.cache
+def normgpt_code_files() -> frozenset[str]:
+    """Names of the Python files normgpt's remote-code format writes beside a model: the installed model package's
+    modeling module and every module it imports, as `save_pretrained` copies them. No other Python file is normgpt's."""
+    from importlib.util import find_spec
+
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    modeling = Path(find_spec("model").submodule_search_locations[0]) / "modeling_normgpt.py"
+    return frozenset({modeling.name, *(Path(p).name for p in get_relative_import_files(modeling))})
+
+
+def foreign_code(directory: Path) -> list[str]:
+    """The Python files config.json's auto_map would run that normgpt did not write (a planted `evil.py`)."""
+    code = remote_code_files(directory)
+    return [name for name in code if name not in normgpt_code_files()] if code else []
+
+
 def model_files(directory: Path) -> list[str]:
     """Names of the files of `directory` that make up its model, sorted: the one definition of what a model directory
-    publishes (every upload, the export's copy of a run, the final model replacing an older one)."""
+    publishes (every upload, the export's copy of a run, the final model replacing an older one). Plain files only
+    (never a link), and Python files only where they are normgpt's model code that config.json loads."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    names = {p.name for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")}
+    names = {p.name for p in directory.iterdir() if p.is_file() and not p.is_symlink() and not p.name.startswith(".")}
     chosen = {name for name in names if any(fnmatch.fnmatchcase(name, pattern) for pattern in MODEL_FILE_PATTERNS)}
-    chosen.update(name for name in remote_code_files(directory) if name in names)
+    chosen.update(name for name in remote_code_files(directory) if name in names and name in normgpt_code_files())
     return sorted(chosen)
 
 
@@ -183,7 +223,9 @@ def owned(entry: Path) -> bool:
         return _matches(entry.name, OWN_DIRS)
     if entry.name in (CARD, LICENSE):
         return is_normgpt_card(entry.parent / CARD)
-    return _matches(entry.name, OWN_FILES) or entry.name in model_files(entry.parent)
+    if _matches(entry.name, OWN_FILES):
+        return True
+    return entry.name in model_files(entry.parent) and not _matches(entry.name, EXPORT_ONLY)
 
 
 def foreign_entries(directory: Path) -> list[str]:
@@ -358,6 +400,9 @@ class Summary:
     # The final model: `format` (stock or remote_code), `architecture`, `verified`, and `note` ("no stock export:
     # <reason>" where the run directory holds normgpt's remote-code model). None: the run saved no final model.
     export: dict[str, Any] | None = None
+    # Where a run started with --init_from came from: `checkpoint` (its absolute path), `step`, and `optimizer_state`
+    # (whether its AdamW moments were taken too). None: the run started from fresh weights.
+    init_from: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # fields added by later versions, kept when re-written
 
     def to_dict(self) -> dict[str, Any]:
@@ -403,11 +448,19 @@ def write_run_config(path: Path, sections: dict[str, dict[str, Any]]) -> None:
     atomic_write(path, yaml.safe_dump(sections, sort_keys=False))
 
 
+CONFIG_VALUE = (str, int, float, bool, type(None))  # every field of a run config is one of these
+
+
 def read_run_config(path: Path) -> dict[str, dict[str, Any]]:
-    """The sections of a run_config.yaml; raises ValueError when it is not one."""
-    raw = yaml.safe_load(Path(path).read_text())
+    """The sections of a run_config.yaml; raises ValueError (one line) when it is not one: not YAML, aliases or too
+    deep a nesting (train/atomic_io.py), not a mapping of sections to mappings, or a field that is not one value."""
+    raw = read_yaml(path)
     if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
         raise ValueError(f"'{path}' is not a run config (a mapping of sections to mappings)")
+    for section, fields in raw.items():
+        for key, value in fields.items():
+            if not isinstance(key, str) or not isinstance(value, CONFIG_VALUE):
+                raise ValueError(f"'{path}': {section}.{str(key)[:60]} is not a single value")
     return raw
 
 
@@ -478,7 +531,7 @@ class Run:
             return None
         for line in reversed(tail):
             with contextlib.suppress(ValueError, AttributeError):
-                step = json.loads(line).get("step")
+                step = parse_json(line).get("step")
                 if isinstance(step, int):
                     return step
         return None
@@ -498,7 +551,7 @@ def load_run(path: Path) -> Run:
     if (path / RUN_CONFIG).is_file():
         try:
             config = flat_config(read_run_config(path / RUN_CONFIG))
-        except (ValueError, OSError, yaml.YAMLError) as err:
+        except (ValueError, OSError) as err:
             problems.append(f"{path / RUN_CONFIG}: unreadable ({str(err).splitlines()[0]})")
     run = Run(path, summary, config, problems)
     if summary is not None and summary.tokens is None:

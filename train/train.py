@@ -6,9 +6,10 @@
     accelerate launch --multi_gpu --num_processes 2 train/train.py   # 2-process DDP (gloo on a CPU-only machine)
 
 Everything the run produces goes to --output_dir (see train/run_directory.py). Exit codes: 0 when the run ended
-(completed, stalled or diverged: summary.json says which), 2 for bad input (one line on stderr, nothing written),
-128 + the signal number when SIGTERM (143), SIGINT (130) or SIGUSR1 (138) stopped it after a checkpoint, and 1
-when the run completed but the --push_to_hub upload failed.
+(completed, stalled or diverged: summary.json says which) or, resumed, had already trained to its --max_steps (one
+line says so; nothing is done), 2 for bad input or a machine that cannot hold the run (a full disk: one line on
+stderr; nothing lost, nothing written by a refused run), 128 + the signal number when SIGTERM (143), SIGINT (130) or
+SIGUSR1 (138) stopped it after a checkpoint, and 1 when the run completed but the --push_to_hub upload failed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from train.arguments import ConfigError  # noqa: E402
 from train.checkpoints import CheckpointError  # noqa: E402
 from train.config import parse_args  # noqa: E402
 from train.data import DataError  # noqa: E402
-from train.output_dir import OutputDirError  # noqa: E402
+from train.output_dir import OutputDirError, RunCompleted  # noqa: E402
 from train.publish.hub import HubError  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
 
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     except BAD_INPUT as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2
+    except RunCompleted as done:
+        print(f"train.py: {done}")
+        return 0
     if trainer.interrupted_by:
         return 128 + trainer.interrupted_by
     return 1 if trainer.upload_failed else 0

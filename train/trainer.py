@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,12 +25,14 @@ from tqdm.auto import tqdm
 
 from model import NormGPTConfig, NormGPTForCausalLM
 from model.norms import Norm, describe_norms, norm_eps
+from model.rmsnorm_triton import triton_can_run
 from train import checkpoints as ckpt
 from train import output_dir as outdir
 from train.arguments import ConfigError, TrainingArguments
-from train.atomic_io import write_json
+from train.atomic_io import fresh_dir, write_json
 from train.config import RunConfig
 from train.data import PreparedData, TokenBatches, eval_batches, prepare_data
+from train.data.tokenizer import tokenizer_identity
 from train.flops import flops_per_token, matmul_parameters, peak_flops
 from train.hardware import available_cores, device_name, hardware
 from train.launcher import warn_if_fewer_processes
@@ -39,7 +40,7 @@ from train.plots import plot_loss_curve
 from train.publish.export import ExportResult
 from train.publish.final_model import card_and_upload, clean_stale, save_final_model
 from train.publish.hub import resolve_repo_id
-from train.resume import check_resume_config
+from train.resume import check_init_config, check_resume_config
 from train.run_directory import (
     DATA_INFO,
     LOSS_CURVE,
@@ -53,7 +54,7 @@ from train.run_directory import (
     Summary,
     checkpoint_dir,
     checkpoint_staging,
-    holds_run,
+    checkpoint_step,
     write_run_config,
 )
 from train.stability import (
@@ -77,6 +78,7 @@ class TrainerState:
     elapsed: float = 0.0  # seconds of training so far, summed over resumed segments
     init_val_loss: float | None = None  # validation loss of the initial weights (step 0)
     best_val_loss: float | None = None
+    final_val_loss: float | None = None  # the final evaluation's, once done (kept by the final checkpoint)
     max_grad_norm: float = 0.0  # largest finite pre-clipping gradient norm of any step
     last_train_loss: float | None = None  # training loss of the last logged step
     maxima: dict[str, float] = field(default_factory=dict)  # run-wide probe maxima (RUN_METRICS with from_rows)
@@ -207,6 +209,9 @@ class Trainer:
     wrote_anything: bool = False  # whether output_dir holds anything of this run yet (a failed setup leaves nothing)
     resume_path: Path | None = None
     resume_state: dict[str, Any] | None = None  # the checkpoint's trainer_state.json
+    init_path: Path | None = None  # --init_from: another run's checkpoint this new run starts from
+    init_state: dict[str, Any] | None = None  # its trainer_state.json
+    saved_step: int | None = None  # step of the newest checkpoint this run wrote or resumed from
     repo_id: str | None = None  # --push_to_hub's repo, resolved before training
     # What it trains, on what
     data: PreparedData
@@ -234,6 +239,7 @@ class Trainer:
     # The current segment (from setup or a resume to the end): what is logged, and flags read one step late
     metrics: MetricsLog
     window: LogWindow
+    bar: Any = None  # the progress bar
     readback: LaggedReadback
     stop_flag: torch.Tensor
     lr: float
@@ -256,16 +262,19 @@ class Trainer:
     # Setup
 
     def setup(self) -> None:
+        """Check everything, then write: a refused run leaves output_dir as it found it."""
         self._setup_accelerator()
         try:
             self._claim_output_dir()
             self._setup_data_and_config()
             self._setup_model_and_optimizer()
             self._setup_loop_state()
-        except BaseException:
+            self._start_writing()
+        except OSError as err:  # a full disk, a write refused: the files written before are whole
+            raise outdir.OutputDirError(f"the run could not start: {os_error(err)}; {self._nothing_lost()}") from None
+        finally:
             if self.lock is not None and not self.wrote_anything:
                 self.lock.abandon()
-            raise
 
     def _setup_accelerator(self) -> None:
         args = self.args
@@ -289,26 +298,29 @@ class Trainer:
         use_cpu_cores(self.accelerator)
 
     def _claim_output_dir(self) -> None:
-        """Everything about the output directory and the checkpoint that can be checked cheaply, before data work;
-        then the lock, held until the process ends."""
+        """Everything about the machine, the output directory and the checkpoints that can be checked cheaply, before
+        data work; then the lock, held until the process ends."""
         args, out = self.args, self.output_dir
+        check_rms_impl(self.run.model.rms_impl, self.accelerator.device)
         outdir.check_path(out)
-        resuming = args.resume_from_checkpoint is not None
-        if not resuming and holds_run(out):
-            if not args.overwrite_output_dir:
-                hint = "" if ckpt.list_checkpoints(out) else " (it stopped before its first checkpoint)"
-                raise ConfigError(
-                    f"output_dir '{out}' already holds a run{hint}; pass --resume_from_checkpoint latest to continue "
-                    "it, --overwrite_output_dir to replace it, or another --output_dir"
-                )
-            outdir.check_overwrite(out)
-        self.resume_path = ckpt.resolve_checkpoint(args.resume_from_checkpoint, out) if resuming else None
+        if args.resume_from_checkpoint is None:
+            outdir.check_fresh(out, args.overwrite_output_dir)
+        else:  # a named checkpoint is checked first; 'latest' of a finished run may have none and nothing to do
+            if args.resume_from_checkpoint != "latest":
+                self.resume_path = ckpt.resolve_checkpoint(args.resume_from_checkpoint, out)
+            outdir.check_resumable(out, args.max_steps)
+            self.resume_path = self.resume_path or ckpt.resolve_checkpoint(args.resume_from_checkpoint, out)
+        if args.init_from is not None and self.resume_path is None:
+            self.init_path = ckpt.resolve_init(args.init_from, out)
         if self.is_main:
             self.lock = outdir.OutputLock(out)
             self.lock.acquire()
         if self.resume_path is not None:
             ckpt.verify(self.resume_path)
             self.resume_state = ckpt.read_state(self.resume_path)
+        if self.init_path is not None:
+            ckpt.verify(self.init_path)
+            self.init_state = ckpt.read_state(self.init_path)
         # Resolved now, not after hours of training: `name` needs the Hub login to become `user/name`.
         self.repo_id = resolve_repo_id(args.hub_model_id or out.resolve().name) if args.push_to_hub else None
 
@@ -326,16 +338,34 @@ class Trainer:
                 self.data.info["cache_key"],
                 accelerator.num_processes,
             )
-        # Only now, with every input checked, is anything in output_dir replaced or written.
-        if self.is_main:
-            if args.overwrite_output_dir and self.resume_path is None:
-                outdir.clear_run(self.output_dir)
-            ckpt.clean_stale_staging(self.output_dir)
-            clean_stale(self.output_dir)
-            write_run_config(self.output_dir / RUN_CONFIG, self.sections)
-            write_json(self.output_dir / DATA_INFO, self.data.info)
-        self.wrote_anything = True
-        accelerator.wait_for_everyone()
+        if self.init_path is not None:
+            check_init_config(self.init_path, self.init_state, self.sections, self.data_record()["tokenizer_sha256"])
+        self._say_what_was_not_taken()
+
+    def _say_what_was_not_taken(self) -> None:
+        """One line for each input a run does not use as given, so that nothing is silently ignored."""
+        run = self.run
+        if run.not_replayed:
+            self.accelerator.print(
+                f"note: {', '.join(run.not_replayed)} from '{run.config_file}' not used: where a run goes is taken "
+                f"from the command line only (this run: output_dir={self.output_dir})"
+            )
+        asked = run.model.vocab_size
+        if run.data.tokenizer is not None and asked is not None and asked != self.config.vocab_size:
+            self.accelerator.print(
+                f"note: --vocab_size {asked} not used: the model's vocabulary is the tokenizer's "
+                f"({len(self.data.tokenizer)} tokens, {self.config.vocab_size} embedding rows)"
+            )
+
+    def data_record(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the data: the token cache's key, the dataset's fingerprint, and the identity of
+        the tokenizer (what `--init_from` compares: weights mean nothing under another vocabulary)."""
+        info = self.data.info
+        return {
+            "cache_key": info["cache_key"],
+            "fingerprint": info["fingerprint"],
+            "tokenizer_sha256": tokenizer_identity(self.data.tokenizer),
+        }
 
     def _setup_model_and_optimizer(self) -> None:
         args, accelerator = self.args, self.accelerator
@@ -356,6 +386,10 @@ class Trainer:
             # the CPU nothing is asynchronous, so reading the flag costs nothing and the plain kernel is kept.
             fused=self.accelerator.device.type == "cuda",
         )
+        if self.init_path is not None:  # before prepare: the weights a new run starts from, on every process
+            if args.init_optimizer_state and accelerator.distributed_type == DistributedType.FSDP:
+                raise ConfigError("--init_optimizer_state is not supported under FSDP; start from the weights alone")
+            ckpt.load_init(self.init_path, model, optimizer if args.init_optimizer_state else None)
         scheduler = LambdaLR(optimizer, lr_lambda(args.warmup_steps, args.max_steps, args.min_lr_ratio))
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
         self.unwrapped = accelerator.unwrap_model(self.model, keep_torch_compile=False)
@@ -392,8 +426,37 @@ class Trainer:
             "plateau": self.plateau,
             "nonfinite": self.guard,
         }
+        if self.has_val:  # checked now, not at the first evaluation: a refused run writes nothing
+            eval_batches(
+                data.val,
+                self.run.data.block_size,
+                args.per_device_eval_batch_size,
+                args.max_eval_batches,
+                accelerator.process_index,
+                accelerator.num_processes,
+            )
         self.metrics = MetricsLog(self.output_dir / METRICS, enabled=self.is_main)
         self.window = LogWindow()
+
+    def _start_writing(self) -> None:
+        """Only now, with every input checked, is anything in output_dir replaced or written."""
+        args, accelerator = self.args, self.accelerator
+        out = self.output_dir
+        if self.is_main:
+            if args.overwrite_output_dir and self.resume_path is None:
+                outdir.clear_run(out)
+            ckpt.clean_stale_staging(out)
+            clean_stale(out)
+            try:
+                write_run_config(out / RUN_CONFIG, self.sections)
+                write_json(out / DATA_INFO, self.data.info)
+            except OSError:
+                if self.resume_path is None:  # a new run that could not write its first files leaves none
+                    for name in (RUN_CONFIG, DATA_INFO):
+                        (out / name).unlink(missing_ok=True)
+                raise
+        self.wrote_anything = True
+        accelerator.wait_for_everyone()
         if self.resume_path is not None:
             self._load_checkpoint()
         if self.log_with:
@@ -414,13 +477,13 @@ class Trainer:
     # Checkpoints
 
     def _state_dict(self) -> dict[str, Any]:
-        """trainer_state.json: every stateful part, and what a resume compares against."""
+        """trainer_state.json: every stateful part, and what a resume (or an --init_from) compares against."""
         return {
             "format": ckpt.FORMAT,
             **{key: part.state_dict() for key, part in self.stateful.items()},
             "num_processes": self.accelerator.num_processes,
             "run_config": self.sections,
-            "data": {"cache_key": self.data.info["cache_key"], "fingerprint": self.data.info["fingerprint"]},
+            "data": self.data_record(),
         }
 
     def _load_checkpoint(self) -> None:
@@ -435,6 +498,9 @@ class Trainer:
             if key in state:  # a checkpoint older than a part (plateau, nonfinite) leaves it fresh
                 part.load_state_dict(state[key])
         self.metrics.truncate_after(self.state.step)
+        self.saved_step = self.state.step
+        if self.args.max_steps > self.state.step:  # extended: the old horizon's final evaluation is an evaluation
+            self.state.final_val_loss = None
         self.accelerator.print(f"resumed from {self.resume_path} at step {self.state.step}")
 
     def _weights_finite(self) -> bool:
@@ -452,7 +518,7 @@ class Trainer:
         final = checkpoint_dir(self.output_dir, self.state.step)
         staging = checkpoint_staging(final)
         if self.is_main:
-            shutil.rmtree(staging, ignore_errors=True)
+            fresh_dir(staging)  # never written through a link planted at its name
         accelerator.wait_for_everyone()
         accelerator.save_state(str(staging))
         accelerator.wait_for_everyone()
@@ -462,6 +528,7 @@ class Trainer:
             ckpt.publish(staging, final)
             ckpt.rotate(self.output_dir, self.args.save_total_limit)
         accelerator.wait_for_everyone()
+        self.saved_step = self.state.step
         return True
 
     # ---------------------------------------------------------------------------------------------------------------
@@ -485,6 +552,17 @@ class Trainer:
         self._install_signal_handlers()
         try:
             return self._loop()
+        except OSError as err:  # a full disk, a write refused: one line, and what was written before stays whole
+            if self.bar is not None:
+                self.bar.close()  # so the line is a line of its own
+            if self.is_main:
+                with contextlib.suppress(OSError):  # what the failed write left (it may free the space it took)
+                    ckpt.clean_stale_staging(self.output_dir)
+                    clean_stale(self.output_dir)
+            self._write_failed_summary(err)
+            raise outdir.OutputDirError(
+                f"the run stopped at step {self.state.step}: {os_error(err)}; {self._nothing_lost()}"
+            ) from None
         except Exception as err:
             self._write_failed_summary(err)
             raise
@@ -501,7 +579,9 @@ class Trainer:
             if self.has_val:
                 state.init_val_loss = self.evaluate()
         self.model.train()
-        bar = tqdm(total=args.max_steps, initial=state.step, disable=not self.is_main, desc="train", dynamic_ncols=True)
+        bar = self.bar = tqdm(
+            total=args.max_steps, initial=state.step, disable=not self.is_main, desc="train", dynamic_ncols=True
+        )
         self.segment_start, self.elapsed_before = time.perf_counter(), state.elapsed
         self.window = LogWindow()
         stop: tuple[RunStatus, str] | None = None
@@ -516,7 +596,7 @@ class Trainer:
                 val_loss = self.evaluate()
                 if self.is_main:
                     bar.write(f"step {state.step}: val_loss {val_loss:.4f}")
-            if stop is None and self._due(args.save_steps):
+            if stop is None and self._due(args.save_steps) and state.step < args.max_steps:
                 if not self.save_checkpoint():
                     stop = (RunStatus.DIVERGED, f"weights became non-finite by step {state.step}")
         bar.close()
@@ -686,13 +766,17 @@ class Trainer:
     # Finish
 
     def finish(self, stop: tuple[RunStatus, str] | None) -> Summary:
+        """The end of a run. One that trained to the end is evaluated, checkpointed at its last step (so that it can
+        be extended, and a kill while its model is exported loses nothing and repeats no evaluation), then exported."""
         status, reason = stop or (RunStatus.COMPLETED, None)
         final_val_loss = None
         if status is RunStatus.COMPLETED:
-            final_val_loss = self.evaluate() if self.has_val else None
+            final_val_loss = self._final_evaluation()
             if why := self.plateau.stalled():
                 status, reason = RunStatus.STALLED, why
             check_ranks_agree(self.model, self.accelerator)
+            if self.args.save_steps and self.saved_step != self.state.step:
+                self.save_checkpoint()
             self.export = save_final_model(self.model, self.accelerator, self.data.tokenizer, self.output_dir)
         elif status is RunStatus.INTERRUPTED and not self.save_checkpoint():
             reason += "; no checkpoint written: the weights are not finite"
@@ -703,6 +787,13 @@ class Trainer:
             self._write_outputs(summary)
         self.accelerator.end_training()
         return summary
+
+    def _final_evaluation(self) -> float | None:
+        """The final validation loss: evaluated once, and kept by the final checkpoint, so that a run resumed from it
+        (killed while exporting) neither evaluates again nor logs the row twice."""
+        if self.has_val and self.state.final_val_loss is None:
+            self.state.final_val_loss = self.evaluate()
+        return self.state.final_val_loss
 
     def _summary(self, status: RunStatus, reason: str | None, final_val_loss: float | None) -> Summary:
         state = self.state
@@ -734,7 +825,19 @@ class Trainer:
             model=self._model_record(),
             hardware=hardware(),
             export=self.export.record() if self.export is not None else None,
+            init_from=self._init_record(),
         )
+
+    def _init_record(self) -> dict[str, Any] | None:
+        """summary.json's `init_from`: the checkpoint this run started from (its config records it too)."""
+        if self.args.init_from is None:
+            return None
+        path = Path(self.args.init_from).resolve()
+        return {
+            "checkpoint": str(path),
+            "step": checkpoint_step(path),
+            "optimizer_state": self.args.init_optimizer_state,
+        }
 
     def _model_record(self) -> dict[str, Any]:
         """summary.json's `model`: every model field as the run resolved it (the kernel choice too), the model's
@@ -768,6 +871,18 @@ class Trainer:
             final = f"interrupted ({summary.stop_reason}); resume with --resume_from_checkpoint latest"
         print(f"done: {summary.steps} steps, {final}, {summary.wall_time:.1f}s; {summary.status}; run in {out}")
 
+    def _nothing_lost(self) -> str:
+        """What a run stopped by the machine (a full disk) still has, and how to go on."""
+        if not self.wrote_anything and self.resume_path is None:
+            return f"nothing was written to '{self.output_dir}': free space, then run the same command again"
+        checkpoints = ckpt.list_checkpoints(self.output_dir)
+        if checkpoints:
+            return (
+                f"every file written before is whole and {checkpoints[-1][1].name} is its newest checkpoint: free "
+                "space, then resume with --resume_from_checkpoint latest"
+            )
+        return "every file written before is whole: free space, then start it again with --overwrite_output_dir"
+
     def _write_failed_summary(self, err: Exception) -> None:
         """Best effort: a run that crashed says so instead of looking like one still running."""
         if not self.is_main or not self.wrote_anything:
@@ -781,6 +896,21 @@ class Trainer:
                 stop_reason=f"{type(err).__name__}: {first}",
                 stop_step=self.state.step,
             ).write(self.output_dir)
+
+
+def os_error(err: OSError) -> str:
+    """An OSError in the words a one-line message needs: what failed, and on which file."""
+    what = err.strerror or type(err).__name__
+    return f"{what} ('{err.filename}')" if err.filename else what
+
+
+def check_rms_impl(impl: str, device: torch.device) -> None:
+    """Refuse, before any work, a kernel this machine cannot run (the forward pass would fail after setup)."""
+    if impl == "triton" and not triton_can_run(torch.empty(0, device=device)):
+        raise ConfigError(
+            f"--rms_impl triton cannot run on this machine's {device.type}: it needs Triton and a CUDA device "
+            "(TRITON_INTERPRET=1 runs it on a CPU, slowly); pass --rms_impl auto or torch"
+        )
 
 
 def sample_text(model, accelerator: Accelerator, data: PreparedData, max_new_tokens: int) -> str:

@@ -10,33 +10,64 @@ never checkpoints. It is written completely or not at all. Bad input and a faile
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from train.atomic_io import read_json, staging_dir
 from train.cli import OneLineParser
+from train.output_dir import OutputDirError, check_path
 from train.publish.export import ExportResult, export_model_dir, read_export_info, write_export_info
-from train.publish.gguf import QUANT_TYPES, GGUFError, write_gguf
+from train.publish.gguf import NO_GGUF, QUANT_TYPES, GGUFError, gguf_problem, write_gguf
 from train.publish.hub import HubError, push_to_hub, resolve_repo_id
 from train.publish.model_card import write_model_card
-from train.publish.stock import ExportError
-from train.run_directory import EXPORT_INFO, MODEL_CONFIG, SUMMARY, model_files
+from train.publish.stock import ExportError, StockTarget, stock_target
+from train.run_directory import EXPORT_INFO, MODEL_CONFIG, SUMMARY, model_files, remote_code_files
 
 
 def copy_stock_export(run_dir: Path, out: Path) -> ExportResult:
-    """A run whose root already holds a verified stock export (the trainer writes one): copy its model files."""
+    """A run whose root already holds a verified stock export (the trainer writes one): copy its model files, and
+    nothing that would run code (a stock export has none: a config.json naming code is refused)."""
     result = read_export_info(run_dir)
     if result is None:
         raise ExportError(f"'{run_dir}' holds neither a normgpt model nor a normgpt export (no {EXPORT_INFO})")
+    if remote_code_files(run_dir) or "auto_map" in read_json(run_dir / MODEL_CONFIG):
+        raise ExportError(
+            f"'{run_dir}/{MODEL_CONFIG}' names remote code (auto_map) although '{run_dir}' holds no normgpt model; "
+            "refusing to copy it as a stock model"
+        )
     out.mkdir()
     for name in model_files(run_dir):
         shutil.copy2(run_dir / name, out / name)
     result.gguf = [entry for entry in result.gguf if (out / entry["file"]).is_file()]
+    result.copied_from = str(run_dir)
     write_export_info(out, result)
     return result
+
+
+def gguf_refusal(run_dir: Path) -> str | None:
+    """Why `run_dir`'s model can have no GGUF file (one line), decided before any export: from the stock class a
+    normgpt model would be exported as, or from the stock export a run already holds."""
+    config = read_json(run_dir / MODEL_CONFIG)
+    if config.get("model_type") != "normgpt":
+        return gguf_problem(run_dir)
+    from model import NormGPTConfig
+
+    target = stock_target(NormGPTConfig.from_pretrained(run_dir))
+    if not isinstance(target, StockTarget):
+        return f"{NO_GGUF['NormGPTForCausalLM']}: {target}"
+    return gguf_problem(run_dir, architecture=target.architecture, rope=config.get("rope_parameters"))
+
+
+def _claim_destination(out_dir: Path) -> None:
+    """OUT_DIR must be new, and creatable: one line otherwise, before any work."""
+    if out_dir.exists() or out_dir.is_symlink():
+        raise ExportError(f"'{out_dir}' already exists; pass a new directory")
+    try:
+        check_path(out_dir, "out_dir")
+    except OutputDirError as err:
+        raise ExportError(str(err)) from None
 
 
 def export_run(
@@ -45,28 +76,31 @@ def export_run(
     """Everything the export command writes to `out_dir`, all or nothing: the model (`export_model_dir`, or a copy
     of the stock export a run already holds), its model card and LICENSE when `run_dir` holds a run (the card's code
     loads `model_id`, default `out_dir`), and one GGUF file per type in `gguf_types`. Raises ExportError /
-    GGUFError (one line) before anything is published."""
+    GGUFError (one line) before anything is published; a GGUF that cannot be written is refused before the export."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not (run_dir / MODEL_CONFIG).is_file():
         raise ExportError(f"'{run_dir}' holds no model (no {MODEL_CONFIG}); a run writes it when training completes")
-    if out_dir.exists():
-        raise ExportError(f"'{out_dir}' already exists; pass a new directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    _claim_destination(out_dir)
     try:
+        normgpt = read_json(run_dir / MODEL_CONFIG).get("model_type") == "normgpt"
+        problem = gguf_refusal(run_dir) if gguf_types else None
+    except (OSError, ValueError, AttributeError) as err:
+        raise ExportError(f"'{run_dir / MODEL_CONFIG}' cannot be read ({str(err).splitlines()[0][:120]})") from None
+    if problem:
+        raise GGUFError(f"no GGUF for '{run_dir}': {problem}")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with staging_dir(out_dir) as staging:
         model_dir = staging / "model"
-        if json.loads((run_dir / MODEL_CONFIG).read_text()).get("model_type") == "normgpt":
-            result = export_model_dir(run_dir, model_dir)
-        else:
-            result = copy_stock_export(run_dir, model_dir)
+        result = export_model_dir(run_dir, model_dir) if normgpt else copy_stock_export(run_dir, model_dir)
         for qtype in gguf_types:
             result.gguf.append(write_gguf(model_dir, model_dir / f"{out_dir.name}-{qtype}.gguf", qtype, out_dir.name))
         write_export_info(model_dir, result)
         if (run_dir / SUMMARY).is_file():
             write_model_card(run_dir, model_dir, model_id or str(out_dir))
-        os.replace(model_dir, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            os.rename(model_dir, out_dir)
+        except OSError:  # another export made `out_dir` meanwhile: the first to finish keeps it
+            raise ExportError(f"'{out_dir}' was written by another export meanwhile; nothing written here") from None
     return result
 
 

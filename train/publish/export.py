@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 
 from model.norms import BUILTIN_NORMS
-from train.atomic_io import read_json, write_json
+from train.atomic_io import read_json, staging_dir, write_json
 from train.publish import stock
 from train.publish.stock import ExportError, StockTarget
 from train.run_directory import EXPORT_INFO, MODEL_CONFIG, TOKENIZER_FILES
@@ -106,6 +105,10 @@ class ExportResult:
     source: dict[str, Any] = field(default_factory=dict)  # the normgpt config the model was trained with
     gguf: list[dict[str, Any]] = field(default_factory=list)  # files written by train/publish/gguf.py
     transformers_version: str = ""
+    files: list[str] = field(default_factory=list)  # every file the export wrote (what a later one may replace)
+    # Where the model was copied from, when this invocation copied an export instead of writing and checking one:
+    # its `verification` is then the record of the export that wrote it, not a check made now.
+    copied_from: str | None = None
 
     @property
     def stock(self) -> bool:
@@ -121,8 +124,12 @@ class ExportResult:
         return None if self.stock else f"no stock export: {self.reason}"
 
     def describe(self) -> str:
-        """One line for a terminal or a log."""
-        if self.verified:
+        """One line for a terminal or a log. "verified" only where the export that describes itself checked the model:
+        a copy says whose check it carries."""
+        if self.copied_from is not None:
+            was = "verified" if self.verified else "not verified"
+            check = f"copied from '{self.copied_from}', whose export.json says {was} when written (not checked again)"
+        elif self.verified:
             check = f"verified: max |Δlogit| {self.verification['max_abs_logit_diff']:.2g}, greedy tokens identical"
         else:
             check = "not verified"
@@ -139,13 +146,22 @@ class ExportResult:
 
 
 def read_export_info(directory: Path) -> ExportResult | None:
-    """The export.json of a model directory, or None where there is none (a run written before exports existed)."""
+    """The export.json of a model directory, or None where there is none (a run written before exports existed).
+    Raises ExportError (one line) for one that cannot be read."""
     path = Path(directory) / EXPORT_INFO
     if not path.is_file():
         return None
-    data = read_json(path)
-    names = {f.name for f in dataclasses.fields(ExportResult)}
-    return ExportResult(**{k: v for k, v in data.items() if k in names})
+    try:
+        data = read_json(path)
+        names = {f.name for f in dataclasses.fields(ExportResult)}
+        result = ExportResult(**{k: v for k, v in data.items() if k in names})
+        if not isinstance(result.verification, dict) or not all(
+            isinstance(x, list) for x in (result.gguf, result.files)
+        ):
+            raise TypeError("fields of the wrong type")
+        return result
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise ExportError(f"'{path}' cannot be read ({str(err).splitlines()[0][:120]})") from None
 
 
 def write_export_info(directory: Path, result: ExportResult) -> None:
@@ -267,20 +283,22 @@ def export_model_dir(src: Path, dst: Path, fallback: bool = False) -> ExportResu
     anything else that goes wrong on the way.
     """
     src, dst = Path(src), Path(dst)
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+    if dst.is_symlink() or (dst.exists() and (not dst.is_dir() or any(dst.iterdir()))):
         raise ExportError(f"'{dst}' already exists and is not empty; pass a new directory")
     with quiet_transformers(), failures_as_export_errors("the"):
         reference = load_normgpt(src)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
-    try:
+    with staging_dir(dst) as staging:
+        written = staging / "model"
+        written.mkdir()
         with quiet_transformers():
-            result = write_model(reference, src, staging, fallback)
+            result = write_model(reference, src, written, fallback)
         if dst.exists():
             dst.rmdir()  # empty, checked above
-        os.replace(staging, dst)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            os.replace(written, dst)
+        except OSError:  # another writer made `dst` meanwhile
+            raise ExportError(f"'{dst}' was written by another export meanwhile; nothing written here") from None
     return result
 
 
@@ -307,5 +325,6 @@ def write_model(reference: nn.Module, src: Path, out: Path, fallback: bool = Fal
     result.transformers_version = transformers_version
     if not copy_tokenizer(src, out, reference.config.max_position_embeddings):
         result.notes.append("no tokenizer files in the source directory: the export has none")
+    result.files = sorted([p.name for p in out.iterdir()] + [EXPORT_INFO])
     write_export_info(out, result)
     return result

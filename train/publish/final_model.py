@@ -17,13 +17,20 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from train.atomic_io import FILE_MODE
-from train.publish.export import ExportResult, copy_tokenizer, export_model_dir, write_export_info
+from train.atomic_io import FILE_MODE, fresh_dir, remove_path
+from train.publish.export import (
+    ExportResult,
+    copy_tokenizer,
+    export_model_dir,
+    read_export_info,
+    write_export_info,
+)
 from train.publish.hub import HubError, push_to_hub
 from train.publish.model_card import write_model_card
 from train.publish.stock import ExportError
 from train.run_directory import (
     CARD,
+    EXPORT_INFO,
     EXPORT_STAGING,
     FINAL_STAGING,
     LICENSE,
@@ -43,7 +50,7 @@ def save_final_model(model, accelerator: Accelerator, tokenizer, output_dir: Pat
     state_dict = {k.removeprefix("_orig_mod."): v for k, v in accelerator.get_state_dict(model).items()}
     result = None
     if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
+        fresh_dir(staging)  # never written through a link planted at its name
         unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
         unwrapped.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(staging)
@@ -61,40 +68,52 @@ def export_or_keep(staging: Path, export_dir: Path, max_length: int) -> ExportRe
     except ExportError as err:
         error = str(err)
     print(f"export: warning: {error}; the run directory keeps the saved model, unverified", file=sys.stderr)
-    shutil.rmtree(export_dir, ignore_errors=True)
-    export_dir.mkdir()
+    fresh_dir(export_dir)
     for item in staging.iterdir():
         if item.name not in TOKENIZER_FILES:
             os.replace(item, export_dir / item.name)
     copy_tokenizer(staging, export_dir, max_length)
     result = ExportResult("remote_code", "NormGPTForCausalLM", f"the export failed: {error}", verification={})
+    result.files = sorted(p.name for p in export_dir.iterdir()) + [EXPORT_INFO]
     write_export_info(export_dir, result)
     return result
 
 
 def publish(staging: Path, output_dir: Path, max_length: int) -> ExportResult:
     """Export the normgpt model saved in `staging` and move the export's files into `output_dir`, replacing the
-    model files a previous save left there (the card, LICENSE and loss curve are rewritten after)."""
+    ones of the same name. Of the files an earlier final model of this run wrote (the `files` its export.json lists,
+    say when an extended run's model changed format), those the new export does not replace are removed; nothing else
+    is (the card, LICENSE and loss curve are rewritten after)."""
     export_dir = output_dir / EXPORT_STAGING
-    shutil.rmtree(export_dir, ignore_errors=True)
+    remove_path(export_dir)
+    earlier = _exported_files(output_dir)
     result = export_or_keep(staging, export_dir, max_length)
-    for name in model_files(output_dir):
-        if name not in (CARD, LICENSE, LOSS_CURVE):
-            (output_dir / name).unlink()
+    for name in earlier - {p.name for p in export_dir.iterdir()}:
+        (output_dir / name).unlink(missing_ok=True)
     for item in export_dir.iterdir():
         os.chmod(item, FILE_MODE)  # transformers writes the weights readable by their owner only
         os.replace(item, output_dir / item.name)
     export_dir.rmdir()
-    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(staging)
     return result
 
 
+def _exported_files(output_dir: Path) -> set[str]:
+    """The model files the run's previous final model wrote, as its export.json lists them (none for a first one)."""
+    try:
+        earlier = read_export_info(output_dir)
+    except ExportError:
+        return set()
+    names = set(earlier.files) if earlier is not None else set()
+    return {name for name in names if name in model_files(output_dir) and name not in (CARD, LICENSE, LOSS_CURVE)}
+
+
 def clean_stale(output_dir: Path) -> None:
-    """Remove what a run killed while saving or exporting its final model left behind."""
+    """Remove what a run killed while saving or exporting its final model left behind (a link there is removed, its
+    target never touched)."""
     for pattern in SCRATCH_DIRS:
         for path in output_dir.glob(pattern):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
+            remove_path(path)
 
 
 def card_and_upload(output_dir: Path, export: ExportResult, repo_id: str | None, private: bool | None) -> bool:

@@ -70,13 +70,14 @@ def tokenizer_problem(tokenizer: dict[str, Any]) -> str | None:
     return None
 
 
-def gguf_problem(model_dir: Path) -> str | None:
-    """Why `model_dir` cannot be written as GGUF (one line), or None when it can."""
+def gguf_problem(model_dir: Path, architecture: str | None = None, rope: dict | None = None) -> str | None:
+    """Why `model_dir` cannot be written as GGUF (one line), or None when it can. `architecture` and `rope` (its
+    config.json's otherwise) let a caller ask before the stock export that would have them is written."""
     config = _config(model_dir)
-    architecture = (config.get("architectures") or ["?"])[0]
+    architecture = architecture or (config.get("architectures") or ["?"])[0]
     if architecture not in GGUF_ARCHES:
         return NO_GGUF.get(architecture, f"{architecture} has no llama.cpp architecture here")
-    rope = config.get("rope_parameters") or {}
+    rope = (config.get("rope_parameters") if rope is None else rope) or {}
     if rope.get("rope_type", "default") != "default":
         return f"RoPE type {rope['rope_type']!r} is not written to GGUF here (only the default RoPE)"
     path = Path(model_dir) / "tokenizer.json"
@@ -232,10 +233,10 @@ def write_gguf(model_dir: Path, path: Path, qtype: str = "f32", name: str | None
 
     if qtype not in QUANT_TYPES:
         raise GGUFError(f"unknown GGUF type {qtype!r}; valid: {', '.join(QUANT_TYPES)}")
+    model_dir, path = Path(model_dir), Path(path)
     problem = gguf_problem(model_dir)
     if problem:
-        raise GGUFError(f"no GGUF for '{model_dir}': {problem}")
-    model_dir, path = Path(model_dir), Path(path)
+        raise GGUFError(f"no GGUF for '{name or model_dir.name}': {problem}")
     config = _config(model_dir)
     arch, adjacent_pairs = GGUF_ARCHES[config["architectures"][0]]
     file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16}

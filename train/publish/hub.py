@@ -3,7 +3,8 @@
 What goes up is exactly `model_files` (train/run_directory.py), the one definition of what a model directory
 publishes, for every upload path (the trainer's `--push_to_hub`, `normgpt export ... --push_to_hub`, `normgpt push`):
 `checkpoint-<step>/` (optimizer state, RNG pickles), metrics, logs and anything else a run leaves are never part of
-the model, whatever they are called.
+the model, whatever they are called, and no Python file but normgpt's own model code. A directory whose config.json
+names any other code is refused.
 
     normgpt push RUN_DIR --hub_model_id user/name [--hub_private_repo] [--dry_run]
 """
@@ -16,11 +17,22 @@ from pathlib import Path
 from typing import Any
 
 from train.cli import OneLineParser
-from train.run_directory import MODEL_CONFIG, model_files
+from train.run_directory import MODEL_CONFIG, foreign_code, model_files
 
 
 class HubError(ValueError):
     """A model directory that cannot be published, or an upload that failed; the message is one line."""
+
+
+def uploadable(model_dir: Path) -> list[str]:
+    """What an upload of `model_dir` sends: its `model_files`. A config.json that would run code normgpt did not write
+    (an auto_map naming a planted module) is refused: uploading it would publish the model as something it is not."""
+    if foreign := foreign_code(model_dir):
+        raise HubError(
+            f"'{Path(model_dir) / MODEL_CONFIG}' names code normgpt did not write ({', '.join(foreign)}); refusing to "
+            "upload it"
+        )
+    return model_files(model_dir)
 
 
 def resolve_repo_id(repo_id: str, api: Any = None) -> str:
@@ -49,7 +61,7 @@ def push_to_hub(
     repo URL. Nothing already in the repo is deleted. `api` is an `HfApi` (the default reads the token that
     `hf auth login` or HF_TOKEN provides)."""
     model_dir = Path(model_dir)
-    files = model_files(model_dir)
+    files = uploadable(model_dir)
     if MODEL_CONFIG not in files or not any(name.endswith((".safetensors", ".gguf")) for name in files):
         raise HubError(f"'{model_dir}' holds no model to upload (config.json and weights); train or export first")
     if api is None:
@@ -80,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hub_private_repo", action="store_true", help="create the repo private")
     parser.add_argument("--dry_run", action="store_true", help="list the files that would go up, upload nothing")
     args = parser.parse_args(argv)
-    files = model_files(args.model_dir)
+    try:
+        files = uploadable(args.model_dir)
+    except HubError as err:
+        print(f"push: error: {err}", file=sys.stderr)
+        return 2
     if not files:
         what = "no model files in" if args.model_dir.is_dir() else "no such directory:"
         print(f"push: error: {what} '{args.model_dir}'", file=sys.stderr)

@@ -13,13 +13,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from train.atomic_io import ParseError, parse_json, parse_yaml
 from train.cli import OneLineParser
+from train.output_dir import OutputDirError, OutputLock
 from train.run_directory import ERROR_LOG, RunStatus
 from train.sweep import report
-from train.sweep.directory import RUNS, run_dir, write_sweep_record
+from train.sweep.directory import RUNS, SWEEP_LOCK, run_dir, write_sweep_record
 from train.sweep.plan import Action, plan_sweep, prepare_data_once
 from train.sweep.scheduler import Outcome, Scheduler, command_line, gpu_slots, launch_command
-from train.sweep.spec import Sweep, SweepError, load_sweep
+from train.sweep.spec import MAX_RUNS, Sweep, SweepError, load_sweep
 
 
 def plural(n: int, what: str = "run") -> str:
@@ -42,7 +44,28 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="accelerate config file for every run (mixed precision etc.; default: your `accelerate config`); "
         "ablate.py still sets one process per run and pins GPUs itself",
     )
+    parser.add_argument(
+        "--max_runs", type=int, default=MAX_RUNS, help=f"refuse a sweep of more runs than this (default {MAX_RUNS:,})"
+    )
     return parser.parse_args(argv)
+
+
+def check_accelerate_config(path: str) -> None:
+    """The file accelerate will read for every launch, read now the way it will be (after our bounded parser, so a
+    hostile file is refused the same way as any other YAML): one line, before any launch, instead of one traceback
+    per run."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    if not Path(path).is_file():
+        raise SweepError(f"accelerate config '{path}' does not exist")
+    try:
+        (parse_json if path.endswith(".json") else parse_yaml)(Path(path).read_text())
+        load_config_from_file(path)
+    except ParseError as err:
+        raise SweepError(f"accelerate config '{path}' {err}") from None
+    except Exception as err:  # whatever accelerate makes of it (a YAML error, an unknown value, not a mapping)
+        why = " ".join(str(err).split())[:160] or type(err).__name__
+        raise SweepError(f"accelerate config '{path}' cannot be used: {why}") from None
 
 
 def print_dry_run(sweep: Sweep, actions: dict[str, Action], out_dir: Path, accelerate_config: str | None) -> None:
@@ -95,16 +118,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad input (one line on stderr), 130 when stopped by Ctrl-C or SIGTERM."""
     args = parse(argv)
     out_dir = Path(args.output_dir)
+    lock = None
     try:
-        if args.accelerate_config and not Path(args.accelerate_config).is_file():
-            raise SweepError(f"accelerate config '{args.accelerate_config}' does not exist")
+        if args.accelerate_config:
+            check_accelerate_config(args.accelerate_config)
         if out_dir.exists() and not out_dir.is_dir():
             raise SweepError(f"--output_dir '{out_dir}' is a file, not a directory")
-        sweep = load_sweep(Path(args.sweep))
+        sweep = load_sweep(Path(args.sweep), max_runs=args.max_runs)
+        if not args.dry_run:  # the sweep directory is this sweep's until it ends: a second one is refused
+            lock = lock_sweep_dir(out_dir)
         actions = plan_sweep(sweep, out_dir)
     except SweepError as err:
+        if lock is not None:
+            lock.abandon()
         print(f"ablate.py: error: {err}", file=sys.stderr)
         return 2
+    try:
+        return run_sweep(args, sweep, actions, out_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def lock_sweep_dir(out_dir: Path) -> OutputLock:
+    """The sweep directory's lock (created with the directory if need be), held while the sweep runs."""
+    lock = OutputLock(out_dir, SWEEP_LOCK, "sweep")
+    try:
+        lock.acquire()
+    except OutputDirError as err:
+        raise SweepError(str(err)) from None
+    except OSError as err:
+        raise SweepError(f"cannot write to --output_dir '{out_dir}' ({err.strerror or err})") from None
+    return lock
+
+
+def run_sweep(args: argparse.Namespace, sweep: Sweep, actions: dict[str, Action], out_dir: Path) -> int:
+    """The plan, then the dry run's commands, or the launches and the report; `main`'s exit code."""
     count = {a: sum(1 for x in actions.values() if x is a) for a in Action}
     print(
         f"sweep {sweep.path}: {plural(len(sweep.runs))}; {count[Action.DONE]} finished (skipped), "

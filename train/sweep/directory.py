@@ -1,6 +1,7 @@
 """The sweep directory: what `scripts/ablate.py` writes and `scripts/report.py` reads, through this module only.
 
     sweep.yaml          the resolved sweep (`SweepRecord`), written before the first launch
+    .normgpt-sweep.lock held by the sweep that writes the directory (a second one is refused)
     runs/<name>/        one run directory per grid point (format: train/run_directory.py, which also names this tool's
                         own train.log, the output of every launch into it, and ablate_error.log, why the last failed)
     ablate_runs.jsonl   one row per launch (`Launch`)
@@ -19,9 +20,10 @@ from typing import Any
 import yaml
 
 from train import arguments
-from train.atomic_io import append_jsonl, atomic_write, read_jsonl
+from train.atomic_io import ParseError, append_jsonl, atomic_write, read_jsonl, read_yaml
 
 SWEEP_YAML = "sweep.yaml"
+SWEEP_LOCK = ".normgpt-sweep.lock"  # held by the sweep writing the directory, for its whole life
 RUNS = "runs"
 LAUNCHES = "ablate_runs.jsonl"
 SUMMARY_CSV = "summary.csv"
@@ -119,9 +121,9 @@ def read_sweep_record(out_dir: Path) -> SweepRecord | None:
     if not path.is_file():
         return None
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        raise SweepDirectoryError(f"'{path}' is not valid YAML") from None
+        raw = read_yaml(path)
+    except ParseError as err:
+        raise SweepDirectoryError(f"'{path}' {err}") from None
     if not isinstance(raw, dict):
         raise SweepDirectoryError(f"'{path}' is not a mapping")
     return SweepRecord.from_dict(raw, path)

@@ -66,6 +66,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from train.arguments import shown
 from train.run_directory import RunStatus
 from train.sweep import stats
 from train.sweep.directory import SweepDirectoryError, fmt_value
@@ -585,7 +586,7 @@ def check_declaration(
     for key, roles in raw.items():
         finding = FINDINGS.get(str(key))
         if finding is None:
-            raise FindingsError(f"unknown finding {key!r} under 'findings'; valid: {', '.join(FINDINGS)}")
+            raise FindingsError(f"unknown finding {shown(key)} under 'findings'; valid: {', '.join(FINDINGS)}")
         if finding.needs_lr_axis and not lr_axis:
             raise FindingsError(f"finding {key} needs a learning_rate axis in the grid")
         out[finding.key] = check_roles(finding, roles, grid, variant_keys, runs)
@@ -605,7 +606,7 @@ def check_roles(
     known = [r.name for r in finding.roles]
     for name in roles:
         if name not in known and name != TOLERANCE:
-            raise FindingsError(f"{where} has no role {name!r}; roles: {finding.role_names()} (and {TOLERANCE})")
+            raise FindingsError(f"{where} has no role {shown(name)}; roles: {finding.role_names()} (and {TOLERANCE})")
     for role in finding.roles:
         if not role.optional and role.name not in roles:
             raise FindingsError(f"{where} lacks role '{role.name}'; roles: {finding.role_names()}")
@@ -625,7 +626,7 @@ def check_roles(
 
 def check_tolerance(where: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise FindingsError(f"{where} must be a number of nats > 0, got {value!r}")
+        raise FindingsError(f"{where} must be a number of nats > 0, got {shown(value)}")
     return float(value)
 
 

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from train.checkpoints import list_checkpoints
-from train.run_directory import RUN_CONFIG, SWEEP_FILES, Run, foreign_entries, load_run, remove_owned
+from train.output_dir import OutputLock
+from train.run_directory import LOCK, RUN_CONFIG, SWEEP_FILES, Run, foreign_entries, load_run, remove_owned
 from train.sweep.directory import BOOKKEEPING, run_dir
 from train.sweep.spec import RunSpec, Sweep, SweepError
 
@@ -76,9 +77,16 @@ def plan_sweep(sweep: Sweep, out_dir: Path) -> dict[str, Action]:
 
 def clear_for_restart(directory: Path) -> None:
     """Remove what an unfinished, checkpoint-less attempt left, keeping this tool's own logs (and anything normgpt
-    did not write, which `plan_sweep` refused before)."""
-    if directory.is_dir():
-        remove_owned(directory, keep=SWEEP_FILES)
+    did not write, which `plan_sweep` refused before). The run's lock is taken first: a directory a live run holds
+    (started by hand, or by another sweep) is never touched; OutputDirError says so."""
+    if not directory.is_dir():
+        return
+    lock = OutputLock(directory)
+    lock.acquire()
+    try:
+        remove_owned(directory, keep=(*SWEEP_FILES, LOCK))
+    finally:
+        lock.abandon()  # released, and its file removed where this call created it
 
 
 def prepare_data_once(runs: Sequence[RunSpec], say: Callable[[str], None] = print) -> None:

@@ -1,10 +1,13 @@
 """Launching a sweep's runs: one `accelerate launch` per run, over device slots.
 
 With several GPUs each run gets one (a slot is a CUDA_VISIBLE_DEVICES value) and as many runs go at once as there
-are GPUs; otherwise runs go one after another. Each launch is its own process group, so stopping it (SIGTERM, then
-SIGKILL after a grace period) reaches the launcher and the trainer under it. The status of a launch is what the
-summary.json it wrote says: a non-zero exit is a failure unless that summary says the run was interrupted (the trainer
-exits non-zero when a signal stops it, and `accelerate launch` turns every non-zero exit into 1).
+are GPUs; otherwise runs go one after another. Each launch is its own process group. Stopping it sends SIGTERM once
+to each trainer under the launcher, never to the launcher: accelerate >= 1.16's launcher answers SIGTERM by
+terminating its child's process tree and killing it 5 s later (a second signal, and too soon for a checkpoint), and
+older ones die of it at once; every one exits by itself when its trainer does. Whatever of the group is left after
+a grace period gets SIGKILL. The status of a launch is what the summary.json it wrote says: a non-zero exit is a
+failure unless that summary says the run was interrupted (the trainer exits non-zero when a signal stops it, and
+`accelerate launch` turns every non-zero exit into 1).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from train.arguments import REPO_ROOT
+from train.output_dir import OutputDirError
 from train.run_directory import ERROR_LOG, SUMMARY, TRAIN_LOG, RunStatus, load_run
 from train.sweep.directory import Launch, append_launch, run_dir
 from train.sweep.plan import Action, clear_for_restart
@@ -133,6 +137,7 @@ class Launcher:
     tail: bytearray = field(default_factory=bytearray)
     started: float = 0.0
     before: tuple[int, int] | None = None
+    stopped: set[int] = field(default_factory=set)  # pids `stop_trainers` sent SIGTERM to
 
     def start(self) -> None:
         if self.action is Action.FRESH:
@@ -165,10 +170,32 @@ class Launcher:
         return Outcome(self.spec, status, code, seconds), why
 
     def signal(self, signum: int) -> None:
+        """`signum` to the whole launch: the launcher's process group."""
         try:
             os.killpg(self.proc.pid, signum)
         except ProcessLookupError:
             pass
+
+    def stop_trainers(self) -> None:
+        """SIGTERM, once, to each trainer of the launch: the processes of its group that the launcher started (or that
+        outlived it), never the launcher. A launcher that has started nothing yet gets it itself (it has nothing to
+        protect, and dies of it). Called again while the launch stops, so that a trainer started meanwhile gets it."""
+        import psutil
+
+        group = {}
+        for proc in psutil.process_iter(["pid", "ppid"]):
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getpgid(proc.info["pid"]) == self.proc.pid:
+                    group[proc.info["pid"]] = proc.info["ppid"]
+        leader = self.proc.pid
+        trainers = [pid for pid, parent in group.items() if pid != leader and (parent == leader or parent not in group)]
+        if not trainers and leader in group and not self.stopped:
+            trainers = [leader]
+        for pid in trainers:
+            if pid not in self.stopped:
+                self.stopped.add(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
 
     def running(self) -> bool:
         """Whether anything of the launch's process group is left. The launcher may be gone (it dies at once on
@@ -181,19 +208,21 @@ class Launcher:
         return True
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        """Stop the launch's whole process group (launcher and trainer), then kill what is left after `grace`."""
+        """Stop the launch (its trainers first, `stop_all`), then kill what is left of its group after `grace`."""
         stop_all([self], grace)
 
 
 def stop_all(launchers: Sequence[Launcher], grace: float) -> None:
-    """SIGTERM to every launch at once (the trainer then finishes its step, writes a checkpoint and a summary saying
-    `interrupted`), then SIGKILL to whatever is left after `grace`, or at once on a second Ctrl-C. SIGTERM rather than
-    SIGINT: a job started in the background of a shell inherits SIGINT ignored."""
-    for launcher in launchers:
-        launcher.signal(signal.SIGTERM)
+    """SIGTERM to every trainer at once (each then finishes its step, writes a checkpoint and a summary saying
+    `interrupted`, and its launcher exits after it), then SIGKILL to whatever is left after `grace`, or at once on a
+    second Ctrl-C. SIGTERM rather than SIGINT: a job started in the background of a shell inherits SIGINT ignored."""
     deadline = time.monotonic() + grace
     try:
-        while any(launcher.running() for launcher in launchers) and time.monotonic() < deadline:
+        while True:
+            for launcher in launchers:
+                launcher.stop_trainers()
+            if not any(launcher.running() for launcher in launchers) or time.monotonic() >= deadline:
+                break
             time.sleep(0.2)
     except KeyboardInterrupt:
         pass  # a second Ctrl-C: do not wait for checkpoints
@@ -247,7 +276,7 @@ class Scheduler:
                     return None
                 try:
                     launcher.start()
-                except OSError as err:  # e.g. a run directory that cannot be written
+                except (OSError, OutputDirError) as err:  # a directory that cannot be written, or a live run's
                     outcome = Outcome(spec, RunStatus.FAILED, -1, 0.0)
                     record(self.out_dir, launcher, outcome, f"could not start: {err}", stopped=False)
                     return outcome

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from train.arguments import shown
 from train.config import (
     DEFAULT_CONFIG,
     REPO_ROOT,
@@ -35,6 +36,7 @@ from train.sweep import findings
 from train.sweep.directory import BOOKKEEPING, LR_FIELD, SEED_FIELD, RecordedRun, SweepRecord, fmt_value
 
 SWEEP_KEYS = ("base", "overrides", "grid", "exclude", "description", "findings")
+MAX_RUNS = 10_000  # a sweep with more runs is refused (a typo in a grid can ask for millions) unless --max_runs says
 # Flags the sweep sets itself for every run, and why a sweep file may not.
 CONTROLLED = {
     "output_dir": "ablate.py sets it to DIR/runs/<name>",
@@ -138,9 +140,10 @@ def is_scalar(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool))
 
 
-def load_sweep(path: Path, flags: dict[str, Flag] | None = None) -> Sweep:
+def load_sweep(path: Path, flags: dict[str, Flag] | None = None, max_runs: int = MAX_RUNS) -> Sweep:
     """Read and validate a sweep file, and resolve every run through the trainer's own parser (so a bad value, or a
-    combination the model rejects, fails here with the trainer's message, before anything runs)."""
+    combination the model rejects, fails here with the trainer's message, before anything runs). A sweep of more
+    than `max_runs` runs is refused before any is resolved."""
     path = Path(path)
     try:
         raw = read_yaml_mapping(path, "sweep file", SWEEP_KEYS)
@@ -168,6 +171,7 @@ def load_sweep(path: Path, flags: dict[str, Flag] | None = None) -> Sweep:
         description=description,
         fields={k: flags[k].dest for k in [*grid, *overrides]},
     )
+    check_size(sweep, max_runs)
     sweep.runs = expand(sweep, flags)
     sweep.findings = check_findings(sweep, raw.get("findings"))
     return sweep
@@ -185,7 +189,7 @@ def resolve_base(path: Path, given: Any) -> Path:
 def check_keys(path: Path, where: str, keys: Iterable[Any], flags: dict[str, Flag]) -> None:
     for key in keys:
         if not isinstance(key, str):
-            raise invalid(path, f"{where} key {key!r} is not a flag name")
+            raise invalid(path, f"{where} key {shown(key)} is not a flag name")
         if key in CONTROLLED:
             raise invalid(path, f"{where} key '{key}' is not allowed ({CONTROLLED[key]})")
         if key not in flags:
@@ -196,7 +200,7 @@ def check_keys(path: Path, where: str, keys: Iterable[Any], flags: dict[str, Fla
 
 def check_value(path: Path, where: str, value: Any) -> None:
     if not is_scalar(value):
-        raise invalid(path, f"{where} holds {value!r}; values must be single values")
+        raise invalid(path, f"{where} holds {shown(value)}; values must be single values")
     if isinstance(value, float) and not math.isfinite(value):
         raise invalid(path, f"{where} holds {value!r}; numbers must be finite")
 
@@ -216,7 +220,7 @@ def check_grid(path: Path, grid: Any, flags: dict[str, Flag]) -> dict[str, list[
     check_keys(path, "grid", grid, flags)
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
-            raise invalid(path, f"grid.{key} must be a non-empty list of values, got {values!r}")
+            raise invalid(path, f"grid.{key} must be a non-empty list of values, got {shown(values)}")
         for value in values:
             check_value(path, f"grid.{key}", value)
         if len({fmt_value(v) for v in values}) < len(values):
@@ -242,7 +246,7 @@ def check_exclude(path: Path, exclude: Any, grid: dict[str, list[Any]]) -> list[
             if key not in grid:
                 raise invalid(path, f"exclude names '{key}', which is not a grid key")
             if fmt_value(value) not in {fmt_value(v) for v in grid[key]}:
-                raise invalid(path, f"exclude {key}={value!r} is not among grid.{key}")
+                raise invalid(path, f"exclude {key}={shown(value)} is not among grid.{key}")
     return exclude
 
 
@@ -266,6 +270,23 @@ def resolve(sweep: Sweep, values: dict[str, Any], flags: dict[str, Flag]) -> Run
     typed = {k: typed[k] for k in values}
     args = ["--config", str(sweep.base), *overrides, *grid_args(typed)]
     return RunSpec(run_name(typed), typed, args, resolved)
+
+
+def check_size(sweep: Sweep, max_runs: int) -> None:
+    """Refuse a sweep of more than `max_runs` runs, counting its grid points (after exclude) only as far as the cap,
+    so that a grid of a million points is refused at once rather than resolved run by run."""
+    points = math.prod(len(values) for values in sweep.grid.values())
+    if points <= max_runs:
+        return
+    keys = list(sweep.grid)
+    combos = (dict(zip(keys, combo, strict=True)) for combo in itertools.product(*sweep.grid.values()))
+    kept = sum(1 for _ in itertools.islice((c for c in combos if not excluded(sweep, c)), max_runs + 1))
+    if kept > max_runs:
+        raise invalid(
+            sweep.path,
+            f"the grid has {points:,} points, more than the {max_runs:,} runs a sweep may launch; shrink it, or raise "
+            "--max_runs",
+        )
 
 
 def grid_args(values: dict[str, Any]) -> list[str]:
