@@ -358,6 +358,9 @@ class Summary:
     # The final model: `format` (stock or remote_code), `architecture`, `verified`, and `note` ("no stock export:
     # <reason>" where the run directory holds normgpt's remote-code model). None: the run saved no final model.
     export: dict[str, Any] | None = None
+    # The fused RMSNorm's launch configurations each process used, by rank (model.rmsnorm_triton.kernel_choices());
+    # checkpoints carry the same record, which a resumed run pins. None: a summary from before the record.
+    kernels: list[dict[str, Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # fields added by later versions, kept when re-written
 
     def to_dict(self) -> dict[str, Any]:
