@@ -4,16 +4,21 @@ Without a CUDA device the Triton kernels run through the Triton interpreter, whi
 is decorated, i.e. when the module defining it is imported. This file is loaded before any test module, so the
 variable is in place before anything imports triton. Torch itself does not import triton.
 
+With one, every process a test starts (and a trainer run inside a test) runs on the CPU, and each test process and
+its children get a share of the cores: tests/devices.py says why.
+
 Tests marked `opt_in` (rehearsals too slow for CI) run only with `pytest --opt-in`.
 """
 
 import os
 
 import pytest
-import torch
+from devices import CUDA, keep_child_processes_on_the_cpu, share_the_cores
 
-if not torch.cuda.is_available():
+if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+keep_child_processes_on_the_cpu()
+share_the_cores()
 
 
 def pytest_addoption(parser):

@@ -146,3 +146,17 @@ def test_one_micro_batch_of_four_is_four_accumulated_micro_batches_of_one():
         (model(micro, labels=micro).loss / 4).backward()
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, one_batch[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_it_travels_with_the_model_as_remote_code():
+    """A saved remote-code model carries this file (a relative import of the modeling file) and it needs only torch."""
+    import sys
+    from pathlib import Path
+
+    from transformers.dynamic_module_utils import get_imports, get_relative_import_files
+
+    import model.linear_cross_entropy as module
+
+    here = Path(module.__file__)
+    assert here in {Path(p) for p in get_relative_import_files(here.with_name("modeling_normgpt.py"))}
+    assert set(get_imports(here)) - set(sys.stdlib_module_names) == {"torch"}
