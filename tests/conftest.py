@@ -25,7 +25,14 @@ def pytest_addoption(parser):
     parser.addoption("--opt-in", action="store_true", help="also run the tests marked opt_in (too slow for CI)")
 
 
+# Modules whose tests run on the CUDA device in the test process where there is one (DEVICE = "cuda").
+CUDA_MODULES = ("test_rmsnorm_triton.py", "test_model_triton.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:  # `-m cuda` selects what uses the GPU in this process: gpu_checks.sh runs it on its own
+        if "gpu" in item.keywords or item.path.name in CUDA_MODULES:
+            item.add_marker(pytest.mark.cuda)
     if config.getoption("--opt-in"):
         return
     skip = pytest.mark.skip(reason="opt-in: run with pytest --opt-in")
