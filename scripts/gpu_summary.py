@@ -61,7 +61,8 @@ def machine_part(env: dict | None) -> list[str]:
         return ["## Machine", "", "not recorded (the env step did not run)"]
     v, c = env.get("versions", {}), env.get("ceilings", {})
     head = ["device", "SMs", "GiB", "driver", "torch", "CUDA", "triton", "transformers", "accelerate"]
-    row = [env.get("device"), env.get("sm_count"), f"{env.get('memory_GiB', 0):.0f}", env.get("driver"), v.get("torch")]
+    memory = f"{env['memory_GiB']:.0f}" if env.get("memory_GiB") else None
+    row = [env.get("device"), env.get("sm_count"), memory, env.get("driver"), v.get("torch")]
     row += [env.get("cuda_version"), v.get("triton"), v.get("transformers"), v.get("accelerate")]
     lines = ["## Machine", "", *table(head, [row]), ""]
     if c:
