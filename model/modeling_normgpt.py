@@ -39,6 +39,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_normgpt import NormGPTConfig
+from .linear_cross_entropy import linear_cross_entropy, shifted_targets
 from .norms import RMS_IMPLS, Identity, Norm, RMSNorm, build_norm
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -474,6 +475,9 @@ class NormGPTModel(NormGPTPreTrainedModel):
         return mask
 
 
+LOSS_IMPLS = ("full", "chunked")  # how the causal-LM loss is computed (`loss_impl`): a runtime option, never saved
+
+
 class NormGPTForCausalLM(NormGPTPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
@@ -481,7 +485,18 @@ class NormGPTForCausalLM(NormGPTPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = NormGPTModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.loss_impl = "full"
         self.post_init()
+
+    def set_loss_impl(self, impl: str) -> None:
+        """How a forward with `labels` computes the loss: `full` (the default: the logits [B, T, V] are computed,
+        returned, and the loss taken from them) or `chunked` (linear_cross_entropy.py: the loss and its gradients a
+        chunk of positions at a time, with no logits returned: `logits` is None). The same loss either way, to
+        rounding; `chunked` spares the memory and traffic of the logits, which dominate a small model's step. A
+        choice of the machine, like `set_rms_impl`: never saved."""
+        if impl not in LOSS_IMPLS:
+            raise ValueError(f"unknown loss_impl {impl!r}; valid: {', '.join(LOSS_IMPLS)}")
+        self.loss_impl = impl
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
@@ -518,9 +533,13 @@ class NormGPTForCausalLM(NormGPTPreTrainedModel, GenerationMixin):
             return_dict=True,  # the trunk's dataclass whatever config.return_dict says; the tuple is made here
             **kwargs,
         )
-        # generation needs only the last position's logits
-        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))  # [B, T, V]
-        loss = self.causal_lm_loss(logits, labels, num_items_in_batch) if labels is not None else None
+        hidden_states = outputs.last_hidden_state
+        if labels is not None and self.loss_impl == "chunked" and not logits_to_keep:
+            logits, loss = None, self.chunked_causal_lm_loss(hidden_states, labels, num_items_in_batch)
+        else:
+            # generation needs only the last position's logits
+            logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))  # [B, T, V]
+            loss = self.causal_lm_loss(logits, labels, num_items_in_batch) if labels is not None else None
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -542,6 +561,12 @@ class NormGPTForCausalLM(NormGPTPreTrainedModel, GenerationMixin):
         if num_items_in_batch is not None:
             loss = loss / num_items_in_batch
         return loss
+
+    def chunked_causal_lm_loss(self, hidden_states: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None):
+        """`causal_lm_loss(lm_head(hidden_states), labels, ...)` without the logits (linear_cross_entropy.py)."""
+        hidden = hidden_states.reshape(-1, hidden_states.shape[-1])  # [B*T, hidden]; the last position has no target
+        targets = shifted_targets(labels.to(hidden.device))
+        return linear_cross_entropy(hidden, self.lm_head.weight, targets, self.config.z_loss, num_items_in_batch)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -579,6 +604,7 @@ AUTO_CLASSES = (NormGPTModel, NormGPTForCausalLM, NormGPTForSequenceClassificati
 
 __all__ = [
     "BLOCKS",
+    "LOSS_IMPLS",
     "NormGPTForCausalLM",
     "NormGPTForSequenceClassification",
     "NormGPTForTokenClassification",

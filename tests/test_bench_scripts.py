@@ -146,6 +146,39 @@ def test_bench_step_smoke_trains_every_variant(tmp_path, capsys):
     assert "MFU = tokens/s x FLOPs per token / peak" in report and "rms_impl=auto, compiled: PyTorch" in report
 
 
+def test_bench_step_levers_and_the_trainer_against_the_bare_loop(tmp_path, capsys):
+    """The levers one at a time (on the CPU eager: no CUDA graphs), then the real trainer with the micro-batch
+    step's settings; the report has each lever's ratio to the one before and the trainer's to the bare loop."""
+    out = tmp_path / "levers.json"
+    argv = ["--smoke", "--variants", "rms_torch", "--modes", "eager", "--levers", "--trainer", "--json", str(out)]
+    assert bench_step.main(argv) == 0
+    record = json.loads(out.read_text())
+    runs = [(r["kind"], r["label"], r["batch_size"], r["loss"]) for r in record["results"]]
+    assert runs == [
+        ("table", "", 2, "full"),
+        ("lever", "baseline", 2, "full"),
+        ("lever", "+ chunked loss", 2, "chunked"),
+        ("lever", "+ micro-batch 4", 4, "chunked"),
+        ("trainer", "trainer", 4, "chunked"),
+    ]
+    assert record["results"][-1]["windows"] >= 1 and record["results"][-1]["tokens_per_s"] > 0
+    assert {"+ chunked loss / baseline", "+ micro-batch 4 / + chunked loss", "trainer / bare loop"} <= set(
+        record["ratios"]
+    )
+    assert "trainer / bare loop: " in capsys.readouterr().out
+
+
+def test_bench_step_memory_arithmetic_measures_both_losses(tmp_path):
+    """--memory needs no GPU: the saved bytes per token of each loss, and the chunked one saves less (no float32
+    log-softmax of the vocabulary per token)."""
+    out = tmp_path / "memory.json"
+    assert bench_step.main(["--smoke", "--memory", "--json", str(out)]) == 0
+    plan = json.loads(out.read_text())["memory"]
+    full, chunked = plan["full"], plan["chunked"]
+    assert 0 < chunked["per_token_bytes"] < full["per_token_bytes"]
+    assert chunked["largest_micro_batch"] > full["largest_micro_batch"] > 0
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_bench_norm_runs_every_timing_path(tmp_path):
@@ -164,9 +197,11 @@ def test_gpu_bench_norm_runs_every_timing_path(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_bench_step_runs_the_124m_model(tmp_path):
+    """Every variant and the levers on the GPU (eager, one step each: compilation is gpu_checks.sh's to time)."""
     out = tmp_path / "step.json"
     argv = ["--modes", "eager", "--steps", "1", "--warmup", "1", "--batch-size", "1", "--seq-len", "128"]
-    assert bench_step.main([*argv, "--json", str(out)]) == 0
+    assert bench_step.main([*argv, "--levers", "--levers-batch", "2", "--json", str(out)]) == 0
     record = json.loads(out.read_text())
-    assert {r["variant"] for r in record["results"]} == set(bench_step.VARIANTS)
-    assert all(r["mfu"] > 0 for r in record["results"])
+    assert {r["variant"] for r in record["results"] if r["kind"] == "table"} == set(bench_step.VARIANTS)
+    assert [r["label"] for r in record["results"] if r["kind"] == "lever"][-1] == "+ micro-batch 2"
+    assert all(r["mfu"] > 0 and r["max_memory_GiB"] > 0 for r in record["results"])

@@ -172,3 +172,21 @@ def test_cli_bad_input_has_no_traceback_and_touches_nothing(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("train.py: error:"), proc.stderr
     assert "already holds a run" in lines[0]
     assert sorted((p.name, p.read_bytes()) for p in out.iterdir()) == before
+
+
+def test_the_speed_options_are_flags_with_their_choices(capsys):
+    """--loss_impl (a runtime option of the model section, like --rms_impl: never in config.json, never compared on
+    resume) and --torch_compile_mode, which implies --torch_compile; a bad value is one line naming the choices."""
+    run = parse_args(["--loss_impl", "full", "--torch_compile_mode", "reduce-overhead"])
+    assert run.model.loss_impl == "full" and "loss_impl" not in run.model.config_kwargs()
+    assert run.training.torch_compile and run.training.torch_compile_mode == "reduce-overhead"
+    default = parse_args([])
+    assert default.model.loss_impl == "chunked" and not default.training.torch_compile
+    for flag, value, choices in (
+        ("--loss_impl", "fused", "'full', 'chunked'"),
+        ("--torch_compile_mode", "fast", "'default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'"),
+    ):
+        assert main([flag, value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("train.py: error: argument") and f"invalid choice: '{value}'" in err and choices in err
+        assert len(err.splitlines()) == 1

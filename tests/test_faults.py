@@ -482,6 +482,7 @@ def test_sigterm_under_ddp_stops_every_rank_at_the_same_step_and_resumes_exactly
         "random_states_0.pkl",
         "random_states_1.pkl",
     ]
+    assert len(json.loads((path / ckpt.STATE).read_text())["kernels"]) == 2  # each rank's kernel record
     # The resume goes through the front door, `accelerate launch -m train train`: the same run, exactly.
     resume = dict(launcher=ddp_launcher(), entry=FRONT_DOOR, resume_from_checkpoint="latest")
     run(command(corpus, cache, out, **resume, **common))

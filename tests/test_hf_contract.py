@@ -367,6 +367,28 @@ def test_static_cache_generation_matches_dynamic_cache(attn):
     torch.testing.assert_close(torch.stack(static.scores), torch.stack(dynamic.scores), rtol=1e-5, atol=1e-5)
 
 
+@cuda
+@pytest.mark.gpu
+def test_compiled_static_cache_generation_on_cuda_matches_the_dynamic_cache():
+    """On CUDA, `generate` with a static cache compiles the decoding step with inductor (transformers'
+    auto-compile, which `_can_compile_fullgraph` allows) and gives the tokens of eager decoding with a dynamic cache,
+    and its scores to 1e-4: float32 on both paths, the compiled one summing in inductor's order (and, with
+    rms_impl=auto, through PyTorch instead of the eager path's kernel). A trained model, so that no greedy choice is
+    a near tie between untrained logits."""
+    from tiny_models import fixed_ids, trained_model
+
+    model = trained_model(steps=8, qk_norm=True).cuda()
+    ids = fixed_ids().cuda()
+    kwargs = dict(max_new_tokens=8, do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+    torch._dynamo.reset()
+    dynamic = model.generate(ids, **kwargs)
+    static = model.generate(ids, cache_implementation="static", **kwargs)
+    assert hasattr(model, "_compiled_call")  # the decoding steps ran compiled
+    torch._dynamo.reset()
+    assert torch.equal(static.sequences, dynamic.sequences)
+    torch.testing.assert_close(torch.stack(static.scores), torch.stack(dynamic.scores), rtol=1e-4, atol=1e-4)
+
+
 def test_compiled_decoding_step_traces_with_no_graph_break():
     """`fullgraph=True` raises at the first graph break, so this is what `_can_compile_fullgraph` declares. The
     `eager` backend checks the tracing alone: inductor would add minutes of C++ compilation on CPU."""

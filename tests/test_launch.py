@@ -15,6 +15,7 @@ import torch
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+from devices import gpu_env
 from synthetic_corpus import write_corpus
 from trainer_runs import command, run
 
@@ -97,7 +98,7 @@ def test_a_launch_that_started_one_process_of_two_says_so_in_one_line(corpus, ca
     done = run(command(corpus, cache, tmp_path / "run", launcher=accelerate_launch(*flags), max_steps=1, save_steps=0))
     assert "1 process(es)" in done.stdout
     warnings = [line for line in done.stderr.splitlines() if line.startswith("train.py: warning: ")]
-    expected = launcher.fewer_processes_warning(2, 1, torch.accelerator.is_available())
+    expected = launcher.fewer_processes_warning(2, 1, has_accelerator=False)  # no GPU in a test's child (devices.py)
     assert warnings == [f"train.py: warning: {expected}"]
     assert "--multi_gpu --num_processes 2" in expected
 
@@ -191,12 +192,13 @@ def test_the_parent_command_line_is_read_from_the_running_process():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", sorted(PROMISED))
 def test_each_config_trains_where_its_comment_says(name, corpus, cache, tmp_path):
+    """The launch sees the machine's GPUs (gpu_env); multi_gpu.yaml and fsdp.yaml run one process per GPU, so one
+    on a one-GPU machine (DDP and FSDP over a group of one), and cpu_2proc.yaml stays on the CPU all the same."""
     gpus = torch.cuda.device_count()
-    if name in ("multi_gpu.yaml", "fsdp.yaml") and gpus < 2:
-        pytest.skip("needs two GPUs")
     count = {"cpu_2proc.yaml": 2, "single_gpu.yaml": 1}.get(name, gpus)  # the GPU configs: set to the GPU count
     flags = ["--config_file", str(CONFIGS / name), "--main_process_port", "0", "--num_processes", str(count)]
-    done = run(command(corpus, cache, tmp_path / "run", launcher=accelerate_launch(*flags), **TRAINING))
+    launch = accelerate_launch(*flags)
+    done = run(command(corpus, cache, tmp_path / "run", launcher=launch, **TRAINING), env=gpu_env())
     device = "cpu" if name == "cpu_2proc.yaml" else "cuda"
     assert f"{count} process(es) on {device}" in done.stdout and "train.py: warning" not in done.stderr
     if count > 1 and name != "fsdp.yaml":  # FSDP shards the parameters: nothing to compare across ranks

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from devices import gpu_env
 from tiny_models import save_with_tokenizer, trained_model
 
 from train.config import REPO_ROOT
@@ -35,7 +36,8 @@ def test_vllm_generates_the_greedy_tokens_of_transformers(architecture, tmp_path
     model = trained_model(steps=30, hidden_size=64, **VARIANTS[architecture])
     src = save_with_tokenizer(model, tmp_path / "src")
     assert export_model_dir(src, tmp_path / "model").architecture == architecture
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": ""}
+    # vLLM runs where it finds a device: the GPU on a machine that has one (gpu_env), else its CPU build
+    env = {**gpu_env(), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": ""}
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; its default would reserve far more than a tiny model needs
     proc = subprocess.run(
         [VLLM_PYTHON or sys.executable, str(REPO_ROOT / "scripts" / "compare_vllm.py"), str(tmp_path / "model")]

@@ -27,6 +27,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPORT_TO = ("none", "wandb", "tensorboard", "all")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 OPTIMIZATION = "optimization"
 RESUME = "resume"
@@ -160,6 +161,14 @@ class TrainingArguments:
         default=True, metadata=flag("per-block grad/update/residual/attention-logit probes on logging steps")
     )
     torch_compile: bool = field(default=False, metadata=flag("compile the model with torch.compile", CARD))
+    torch_compile_mode: str | None = field(
+        default=None,
+        metadata=flag(
+            "torch.compile mode (implies --torch_compile): default, reduce-overhead (CUDA graphs), max-autotune "
+            "(also tries matmul configurations; minutes of compilation) or max-autotune-no-cudagraphs",
+            choices=list(COMPILE_MODES),
+        ),
+    )
     gradient_checkpointing: bool = field(
         default=False, metadata=flag("recompute each block's activations in the backward pass: less memory, slower")
     )
@@ -200,6 +209,12 @@ class TrainingArguments:
             self.per_device_eval_batch_size = self.per_device_train_batch_size
         if self.init_optimizer_state and self.init_from is None:
             raise ConfigError("init_optimizer_state needs --init_from, the checkpoint whose AdamW moments to take")
+        if self.torch_compile_mode is not None:
+            if self.torch_compile_mode not in COMPILE_MODES:
+                raise ConfigError(
+                    f"unknown torch_compile_mode {self.torch_compile_mode!r}; valid: {', '.join(COMPILE_MODES)}"
+                )
+            self.torch_compile = True  # a mode is asked of the compiler: as in transformers' TrainingArguments
 
     def _check_counts(self) -> None:
         positive = (

@@ -31,6 +31,7 @@ from typing import Any
 from transformers import HfArgumentParser
 
 from model.configuration_normgpt import HIDDEN_ACTS, NORM_PLACEMENTS, NormGPTConfig
+from model.modeling_normgpt import LOSS_IMPLS
 from model.norms import NORMS, RMS_IMPLS
 from train.arguments import (
     DESTINATION,
@@ -63,8 +64,8 @@ FLAG_EXTRAS: dict[str, dict[str, Any]] = {
     "hidden_act": {"choices": HIDDEN_ACTS},
 }
 # Flags of the model section that are not config fields: RoPE's base, which the config keeps inside
-# `rope_parameters`, and the RMSNorm kernel, a runtime option of the machine (never saved with the model, never
-# compared on resume).
+# `rope_parameters`, and two runtime options of the machine (never saved with the model, never compared on resume):
+# the RMSNorm kernel and how the loss is computed.
 ROPE_THETA = (
     "rope_theta",
     float | None,
@@ -82,6 +83,20 @@ RMS_IMPL = (
         ),
     ),
 )
+LOSS_IMPL = (
+    "loss_impl",
+    str | None,
+    field(
+        default=None,
+        metadata=flag(
+            "how the training loss is computed: chunked (the default: cross-entropy of the output layer a chunk of "
+            "positions at a time, never materialising the logits of the whole batch) or full (the logits first, "
+            "then the loss); the same loss to rounding, speed and memory only, never saved",
+            choices=LOSS_IMPLS,
+        ),
+    ),
+)
+RUNTIME_OPTIONS = (RMS_IMPL[0], LOSS_IMPL[0])
 
 
 def config_docs(doc: str) -> dict[str, str]:
@@ -99,7 +114,8 @@ def config_docs(doc: str) -> dict[str, str]:
 
 def model_fields() -> list[tuple[str, Any, dataclasses.Field]]:
     """One field per NormGPTConfig field that is a flag, in the config's order (None: the config's default), with the
-    config docstring's text as its help, plus ROPE_THETA and RMS_IMPL. Every one but rms_impl is resume-relevant."""
+    config docstring's text as its help, plus ROPE_THETA and the RUNTIME_OPTIONS. Every one but the runtime options
+    is resume-relevant."""
     docs, types_ = config_docs(NormGPTConfig.__doc__), NormGPTConfig.__annotations__  # its own fields, real types
     fields = []
     for name, kind in types_.items():
@@ -110,7 +126,7 @@ def model_fields() -> list[tuple[str, Any, dataclasses.Field]]:
             metadata = flag(docs[name], RESUME, **FLAG_EXTRAS.get(name, {}))
             fields.append((name, optional, field(default=None, metadata=metadata)))
         if name == "rms_norm_eps":
-            fields.append(RMS_IMPL)
+            fields += [RMS_IMPL, LOSS_IMPL]
     return fields
 
 
@@ -118,11 +134,14 @@ class ModelFields:
     """What the model section does with its fields (which `model_fields` derives from NormGPTConfig)."""
 
     rms_impl: str | None
+    loss_impl: str | None
     vocab_size: int | None
 
     def __post_init__(self) -> None:
         if self.rms_impl is None:  # a run_config.yaml written before the kernel choice was resolved
             self.rms_impl = RMS_IMPLS[0]
+        if self.loss_impl is None:  # ... or before the loss could be chunked
+            self.loss_impl = "chunked"
 
     @property
     def bpe_vocab_size(self) -> int:
@@ -132,8 +151,8 @@ class ModelFields:
 
     def config_kwargs(self) -> dict[str, Any]:
         """The NormGPTConfig keyword arguments these fields set (RoPE's base as the library's legacy `rope_theta`;
-        the kernel is no config field)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != RMS_IMPL[0]}
+        the runtime options are no config fields)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k not in RUNTIME_OPTIONS}
 
 
 ModelArguments = dataclasses.make_dataclass(

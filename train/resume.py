@@ -2,10 +2,10 @@
 the ones the checkpoint was trained with.
 
 Compared: the fields whose metadata gives them the role `resume` or `optimization` (train/arguments.py): the
-architecture (every model field but `rms_impl`, which picks a kernel, not the numerics), `block_size`, the per-device
-batch, the optimizer and schedule hyperparameters, and the seed; then the data (dataset fingerprint, tokenizer and
-split, through the token cache's key) and the global batch (a different process count with the same global batch is
-fine). Everything else (max_steps, logging, evaluation, saving, trackers,
+architecture (every model field but the runtime options `rms_impl` and `loss_impl`, which pick kernels, not the
+numerics), `block_size`, the per-device batch, the optimizer and schedule hyperparameters, and the seed; then the
+data (dataset fingerprint, tokenizer and split, through the token cache's key) and the global batch (a different
+process count with the same global batch is fine). Everything else (max_steps, logging, evaluation, saving, trackers,
 compile, gradient checkpointing) may change. A longer `--max_steps` re-spreads the cosine decay over the new horizon
 from the resume step on: the learning rate at the resume step jumps from the old schedule's value to the new one's.
 

@@ -403,6 +403,9 @@ class Summary:
     # Where a run started with --init_from came from: `checkpoint` (its absolute path), `step`, and `optimizer_state`
     # (whether its AdamW moments were taken too). None: the run started from fresh weights.
     init_from: dict[str, Any] | None = None
+    # The fused RMSNorm's launch configurations each process used, by rank (model.rmsnorm_triton.kernel_choices());
+    # checkpoints carry the same record, which a resumed run pins. None: a summary from before the record.
+    kernels: list[dict[str, Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # fields added by later versions, kept when re-written
 
     def to_dict(self) -> dict[str, Any]:

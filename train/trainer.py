@@ -8,6 +8,7 @@ Everything the run leaves goes through `train/run_directory.py` (names, metrics,
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import signal
@@ -19,13 +20,21 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedType, ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import (
+    DistributedType,
+    ProjectConfiguration,
+    TorchDynamoPlugin,
+    broadcast_object_list,
+    gather_object,
+    parse_flag_from_env,
+    set_seed,
+)
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from model import NormGPTConfig, NormGPTForCausalLM
 from model.norms import Norm, describe_norms, norm_eps
-from model.rmsnorm_triton import triton_can_run
+from model.rmsnorm_triton import kernel_choices, pin_kernel_choices, triton_can_run
 from train import checkpoints as ckpt
 from train import output_dir as outdir
 from train.arguments import ConfigError, TrainingArguments
@@ -280,17 +289,22 @@ class Trainer:
         args = self.args
         self.log_with = {"none": None, "all": ["wandb", "tensorboard"]}.get(args.report_to, [args.report_to])
         # accelerate only forms a multi-process CPU group (gloo) when told to use the CPU; without this, two launched
-        # processes on a machine with no GPU would each train alone.
-        cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+        # processes on a machine with no GPU would each train alone. ACCELERATE_USE_CPU (`accelerate launch --cpu`)
+        # must reach the first PartialState too, which would otherwise take the GPU of a machine that has one.
+        multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (multi_process and not torch.accelerator.is_available())
         # The process group comes first: every process must agree on output_dir, which the trackers need at creation.
         self.output_dir = resolve_output_dir(self.run, PartialState(cpu=cpu))
+        compile_with = (
+            TorchDynamoPlugin(backend="inductor", mode=args.torch_compile_mode) if args.torch_compile else None
+        )
         self.accelerator = Accelerator(
             cpu=cpu,
             log_with=self.log_with,
             project_config=ProjectConfiguration(
                 project_dir=str(self.output_dir), logging_dir=str(self.output_dir / TENSORBOARD)
             ),
-            dynamo_backend="inductor" if args.torch_compile else None,
+            dynamo_plugin=compile_with,
             step_scheduler_with_optimizer=False,
         )
         self.is_main = self.accelerator.is_main_process
@@ -370,7 +384,8 @@ class Trainer:
     def _setup_model_and_optimizer(self) -> None:
         args, accelerator = self.args, self.accelerator
         model = NormGPTForCausalLM(self.config)
-        model.set_rms_impl(self.run.model.rms_impl)  # a runtime option: never part of the saved model
+        model.set_rms_impl(self.run.model.rms_impl)  # runtime options: never part of the saved model
+        model.set_loss_impl(self.run.model.loss_impl)
         if args.gradient_checkpointing:
             model.activation_checkpointing_enable()  # non-reentrant: works under DDP, compile and the probes
         self.n_params = sum(p.numel() for p in model.parameters())
@@ -476,15 +491,38 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------------------------
     # Checkpoints
 
-    def _state_dict(self) -> dict[str, Any]:
-        """trainer_state.json: every stateful part, and what a resume (or an --init_from) compares against."""
+    def _state_dict(self, kernels: list[dict]) -> dict[str, Any]:
+        """trainer_state.json: every stateful part, what a resume (or an --init_from) compares against, and each
+        process's kernel launch configurations (`_kernel_records`), which a resume pins."""
         return {
             "format": ckpt.FORMAT,
             **{key: part.state_dict() for key, part in self.stateful.items()},
             "num_processes": self.accelerator.num_processes,
             "run_config": self.sections,
             "data": self.data_record(),
+            "kernels": kernels,
         }
+
+    def _kernel_records(self) -> list[dict]:
+        """The fused RMSNorm's launch configurations of every process, by rank (model.rmsnorm_triton.kernel_choices:
+        each key names the kernel, device, shape and dtypes). A configuration fixes the order of the kernels' sums, so
+        a resumed run pins the records it was saved with to compute exactly what the uninterrupted run would have.
+        Per rank, not one rank's for all: each process chooses by its own measurements (the model never talks to the
+        other processes), so each must be given back its own choices. A collective: every process calls it."""
+        record = kernel_choices()
+        return gather_object([record]) if self.accelerator.num_processes > 1 else [record]
+
+    def _pin_kernels(self, records: list[dict] | None) -> None:
+        """Before the first step of a resumed run: this process's recorded launch configurations (none recorded:
+        a checkpoint from before the record, or a process the saving run did not have)."""
+        rank = self.accelerator.process_index
+        if not records or rank >= len(records):
+            return
+        try:
+            pin_kernel_choices(records[rank])
+        except ValueError as err:
+            message = f"'{self.resume_path / ckpt.STATE}': its kernel record is malformed: {err}"
+            raise ckpt.CheckpointError(message) from None
 
     def _load_checkpoint(self) -> None:
         state = self.resume_state
@@ -497,6 +535,7 @@ class Trainer:
         for key, part in self.stateful.items():
             if key in state:  # a checkpoint older than a part (plateau, nonfinite) leaves it fresh
                 part.load_state_dict(state[key])
+        self._pin_kernels(state.get("kernels"))
         self.metrics.truncate_after(self.state.step)
         self.saved_step = self.state.step
         if self.args.max_steps > self.state.step:  # extended: the old horizon's final evaluation is an evaluation
@@ -521,9 +560,10 @@ class Trainer:
             fresh_dir(staging)  # never written through a link planted at its name
         accelerator.wait_for_everyone()
         accelerator.save_state(str(staging))
+        kernels = self._kernel_records()
         accelerator.wait_for_everyone()
         if self.is_main:
-            write_json(staging / ckpt.STATE, self._state_dict())
+            write_json(staging / ckpt.STATE, self._state_dict(kernels))
             ckpt.write_manifest(staging, self.state.step)
             ckpt.publish(staging, final)
             ckpt.rotate(self.output_dir, self.args.save_total_limit)
@@ -616,14 +656,15 @@ class Trainer:
         accumulation = args.gradient_accumulation_steps
         step_loss = torch.zeros((), device=accelerator.device)
         for micro in range(accumulation):
-            input_ids = self.batches.next_batch().to(accelerator.device, non_blocking=True)
+            input_ids = self._next_batch()
             last = micro == accumulation - 1
             # Skip the gradient all-reduce on all but the last micro-batch of the step.
             with contextlib.nullcontext() if last else accelerator.no_sync(self.model):
-                out = self._forward(input_ids, probing and last)
-                accelerator.backward(out.loss / accumulation)
-            step_loss += out.loss.detach() / accumulation
+                loss = self.model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+                accelerator.backward(loss / accumulation)
+            step_loss += loss.detach() / accumulation
         if probing:
+            self._probe_forward(input_ids)
             self.probes.before_update()
         # Norm of the full gradient before clipping (inf: measure without clipping).
         grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm or float("inf"))
@@ -648,13 +689,26 @@ class Trainer:
         elif not found_inf.item():
             self.optimizer.step()
 
-    def _forward(self, input_ids: torch.Tensor, probe: bool):
-        if not probe:
-            return self.model(input_ids=input_ids, labels=input_ids, use_cache=False)
+    def _next_batch(self) -> torch.Tensor:
+        """The next micro-batch on the device. From pinned memory on CUDA: a copy from pageable memory would make the
+        host wait for the device to finish all the work queued so far, every step."""
+        batch = self.batches.next_batch()
+        if self.accelerator.device.type == "cuda":
+            batch = batch.pin_memory()
+        return batch.to(self.accelerator.device, non_blocking=True)
+
+    @torch.no_grad()
+    def _probe_forward(self, input_ids: torch.Tensor) -> None:
+        """The forward-pass probes (residual stream, attention logits, log Z) of a logging step, on the first
+        sequences of its last micro-batch, with the weights the step's gradients were computed with. A forward of
+        its own, without gradients, on the uncompiled module (a compiled forward skips hooks): the training forward
+        stays the compiled one, with the loss that never materialises the logits, and probing costs a forward of a
+        few sequences instead of an eager training step."""
         with self.probes.forward():
-            out = self.eager_model(input_ids=input_ids, labels=input_ids, use_cache=False, output_hidden_states=True)
+            out = self.eager_model(
+                input_ids=input_ids[: self.probes.max_sequences], use_cache=False, output_hidden_states=True
+            )
         self.probes.after_forward(out)
-        return out
 
     def _push_flags(self) -> None:
         if self.signal_seen is not None and not self.stop_sent:
@@ -785,7 +839,7 @@ class Trainer:
         summary = self._summary(status, reason, final_val_loss)
         if self.is_main:
             self._write_outputs(summary)
-        self.accelerator.end_training()
+        self._end_processes()
         return summary
 
     def _final_evaluation(self) -> float | None:
@@ -794,6 +848,24 @@ class Trainer:
         if self.has_val and self.state.final_val_loss is None:
             self.state.final_val_loss = self.evaluate()
         return self.state.final_val_loss
+
+    def _end_processes(self) -> None:
+        """Trackers finished and the process group destroyed, in an order that cannot hang the exit of a DDP run
+        (pytorch/pytorch#56297). The DDP reducer holds the process group; left to the interpreter's exit, it is freed
+        by the main thread holding the GIL, and with it the gloo group's last reference, whose destructor waits for
+        the gloo worker threads, one of which may be waiting for the GIL to release a tensor of its last collective.
+        So: a barrier (no collective left in flight on any rank), then the wrapped model goes while the process group
+        is still registered (freeing the reducer then only drops a reference), then accelerate destroys the group,
+        whose last reference is now Python's."""
+        accelerator = self.accelerator
+        if accelerator.num_processes > 1:
+            accelerator.wait_for_everyone()
+            self.model = self.eager_model = None  # the prepared (DDP-wrapped, compiled) model; `unwrapped` stays
+            accelerator.free_memory()  # accelerate's references to it (and to the optimizer and scheduler)
+            if self.args.torch_compile:
+                torch._dynamo.reset()  # compiled code may hold the wrapper too
+            gc.collect()
+        accelerator.end_training()
 
     def _summary(self, status: RunStatus, reason: str | None, final_val_loss: float | None) -> Summary:
         state = self.state
@@ -826,6 +898,7 @@ class Trainer:
             hardware=hardware(),
             export=self.export.record() if self.export is not None else None,
             init_from=self._init_record(),
+            kernels=self._kernel_records(),
         )
 
     def _init_record(self) -> dict[str, Any] | None:
