@@ -5,6 +5,8 @@ configs understand ours. This file is copied next to every saved checkpoint (rem
 same-directory siblings from this project.
 """
 
+import math
+
 from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
@@ -48,13 +50,21 @@ class NormGPTConfig(PreTrainedConfig):
             (LayerNorm with gain and bias), `layer_nobias` (LayerNorm with gain only), `layer_noaffine` (LayerNorm
             without learnable parameters, as in OLMo 1), `prms` (partial RMSNorm: the RMS of the first
             `prms_fraction` of the features), `dyt` (Dynamic Tanh, `weight * tanh(alpha * x) + bias` with a learnable
-            scalar alpha) or `none` (identity: the negative control).
+            scalar alpha; see the `dyt_*` fields) or `none` (identity: the negative control).
         norm_placement: where the norms sit in a block: `pre` (`h + f(norm(h))`, GPT-2/Llama), `post`
             (`norm(h + f(h))`, the original Transformer) or `peri` (`h + norm(f(norm(h)))`, Gemma 2 / Peri-LN).
         qk_norm: RMSNorm over each head's queries and keys before RoPE (OLMo 2, Wortsman et al. 2023).
         z_loss: coefficient of the auxiliary loss `z_loss * mean(logsumexp(logits)^2)` (PaLM); 0 disables it.
         prms_fraction: share of the features whose RMS `prms` uses (Zhang & Sennrich 2019 found 6.25% enough).
-        dyt_alpha_init: initial value of DyT's alpha (Zhu et al. 2025 use 0.5 by default).
+        dyt_alpha_init: initial value of DyT's alpha in every DyT layer but the one before attention (Zhu et al. 2025
+            use 0.5 by default; for LLMs they tune it per position and shrink it with the width).
+        dyt_attention_alpha_init: initial alpha of the DyT layer whose output the attention reads (pre- and
+            peri-norm's `input_layernorm`). `None`: `dyt_alpha_init`. Zhu et al.'s LLaMA recipe starts it 4x higher
+            than the others (0.8 and 0.2 at width 4096; post-norm has no norm before attention).
+        dyt_bias: whether DyT has its per-feature bias (`+ bias`); Zhu et al.'s LLaMA code has none.
+        embedding_scale: multiply the embedding output by a learnable scalar before the first block (Zhu et al.'s
+            LLaMA recipe for DyT, which has no norm to rescale embeddings of std `initializer_range`).
+        embedding_scale_init: initial value of that scalar. `None`: sqrt(hidden_size), as Zhu et al. use.
         rms_norm_eps: epsilon of every norm layer, whatever `norm_type` is (the HF name is kept for compatibility).
         tie_word_embeddings: share the input embedding with the output projection.
         initializer_range: standard deviation of the normal init of every matrix; the residual output projections
@@ -79,6 +89,10 @@ class NormGPTConfig(PreTrainedConfig):
     z_loss: float = 0.0
     prms_fraction: float = 0.0625
     dyt_alpha_init: float = 0.5
+    dyt_attention_alpha_init: float | None = None
+    dyt_bias: bool = True
+    embedding_scale: bool = False
+    embedding_scale_init: float | None = None
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
@@ -98,6 +112,11 @@ class NormGPTConfig(PreTrainedConfig):
                 self.intermediate_size = 64 * -(-(8 * self.hidden_size // 3) // 64)  # ceil to a multiple of 64
             else:
                 self.intermediate_size = 4 * self.hidden_size
+        # Resolved here, so that config.json and run_config.yaml hold the value a model was built with.
+        if self.dyt_attention_alpha_init is None:
+            self.dyt_attention_alpha_init = self.dyt_alpha_init
+        if self.embedding_scale_init is None and isinstance(self.hidden_size, int) and self.hidden_size > 0:
+            self.embedding_scale_init = math.sqrt(self.hidden_size)
         # The library moves a legacy top-level `rope_theta` (or `rope_scaling`) into `rope_parameters` here.
         super().__post_init__(**kwargs)
         self._check()
@@ -134,8 +153,10 @@ class NormGPTConfig(PreTrainedConfig):
             raise ValueError(f"rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
         if not 0 < self.prms_fraction <= 1:
             raise ValueError(f"prms_fraction must be in (0, 1], got {self.prms_fraction!r}")
-        if not self.dyt_alpha_init > 0:
-            raise ValueError(f"dyt_alpha_init must be > 0, got {self.dyt_alpha_init!r}")
+        for name in ("dyt_alpha_init", "dyt_attention_alpha_init", "embedding_scale_init"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if not self.z_loss >= 0:
             raise ValueError(f"z_loss must be >= 0, got {self.z_loss!r}")
         self._check_rope()

@@ -269,9 +269,9 @@ class PreNormBlock(DecoderBlock):
 
     def __init__(self, config: NormGPTConfig, layer_idx: int) -> None:
         super().__init__()
-        self.input_layernorm = build_norm(config)
+        self.input_layernorm = build_norm(config, "attention_input")
         self.self_attn = Attention(config, layer_idx)
-        self.post_attention_layernorm = build_norm(config)
+        self.post_attention_layernorm = build_norm(config, "mlp_input")
         self.mlp = MLPS[config.hidden_act](config)
 
     def forward(self, hidden_states: torch.Tensor, **attention_inputs) -> torch.Tensor:
@@ -291,9 +291,9 @@ class PostNormBlock(DecoderBlock):
     def __init__(self, config: NormGPTConfig, layer_idx: int) -> None:
         super().__init__()
         self.self_attn = Attention(config, layer_idx)
-        self.post_attention_layernorm = build_norm(config)
+        self.post_attention_layernorm = build_norm(config, "attention_output")
         self.mlp = MLPS[config.hidden_act](config)
-        self.post_feedforward_layernorm = build_norm(config)
+        self.post_feedforward_layernorm = build_norm(config, "mlp_output")
 
     def forward(self, hidden_states: torch.Tensor, **attention_inputs) -> torch.Tensor:
         attn_out = self.attend(hidden_states, **attention_inputs)
@@ -309,12 +309,12 @@ class PeriNormBlock(DecoderBlock):
 
     def __init__(self, config: NormGPTConfig, layer_idx: int) -> None:
         super().__init__()
-        self.input_layernorm = build_norm(config)
+        self.input_layernorm = build_norm(config, "attention_input")
         self.self_attn = Attention(config, layer_idx)
-        self.post_attention_layernorm = build_norm(config)
-        self.pre_feedforward_layernorm = build_norm(config)
+        self.post_attention_layernorm = build_norm(config, "attention_output")
+        self.pre_feedforward_layernorm = build_norm(config, "mlp_input")
         self.mlp = MLPS[config.hidden_act](config)
-        self.post_feedforward_layernorm = build_norm(config)
+        self.post_feedforward_layernorm = build_norm(config, "mlp_output")
 
     def forward(self, hidden_states: torch.Tensor, **attention_inputs) -> torch.Tensor:
         attn_out = self.attend(self.input_layernorm(hidden_states), **attention_inputs)
@@ -379,6 +379,8 @@ class NormGPTPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, Norm):
             module.reset_parameters()
+        elif isinstance(module, NormGPTModel) and module.embed_scale is not None:
+            init.constant_(module.embed_scale, self.config.embedding_scale_init)  # a constant: no random number drawn
         elif isinstance(module, RotaryEmbedding):
             inv_freq, _ = module.rope_init_fn(module.config)
             init.copy_(module.inv_freq, inv_freq)
@@ -402,7 +404,9 @@ class NormGPTModel(NormGPTPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         block = BLOCKS[config.norm_placement]
         self.layers = nn.ModuleList([block(config, i) for i in range(config.num_hidden_layers)])
-        self.norm = build_norm(config) if block.final_norm else Identity()
+        self.norm = build_norm(config, "final") if block.final_norm else Identity()
+        # Zhu et al. 2025's LLaMA recipe for DyT: a learnable scalar on the embeddings (config.embedding_scale)
+        self.embed_scale = nn.Parameter(torch.ones(1)) if config.embedding_scale else None
         self.rotary_emb = RotaryEmbedding(config)
         self.gradient_checkpointing = False
         self.post_init()
@@ -426,8 +430,9 @@ class NormGPTModel(NormGPTPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        """`hidden_states` (with `output_hidden_states`) are the embeddings, then each block's output; the last one
-        is taken before the final norm, whose output is `last_hidden_state`."""
+        """`hidden_states` (with `output_hidden_states`) are the embeddings (times `embed_scale` where the config
+        has one: what the first block reads, from `input_ids` or `inputs_embeds` alike), then each block's output; the
+        last one is taken before the final norm, whose output is `last_hidden_state`."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -446,7 +451,7 @@ class NormGPTModel(NormGPTPreTrainedModel):
         probe_mask = self.probe_mask(causal_mask, mask_inputs)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
 
-        hidden_states = inputs_embeds
+        hidden_states = inputs_embeds if self.embed_scale is None else inputs_embeds * self.embed_scale
         for layer in self.layers:
             hidden_states = layer(
                 hidden_states,

@@ -1,6 +1,8 @@
 """The normalization layers, their registry, and the sentence each one gives a report about its numerics.
 
-A norm is a config string (`norm_type`) resolved once, by `build_norm`, through the `NORMS` registry. Each class
+A norm is a config string (`norm_type`) resolved once per norm of the model, by `build_norm`, through the `NORMS`
+registry, which also says where in the block the norm sits (`NORM_POSITIONS`): a norm may be set up differently
+there (DyT's alpha before attention, as Zhu et al. 2025 do for LLMs). Each class
 declares what reports must say about it (`numerics`, `has_eps`) and initialises its own parameters
 (`reset_parameters`), so the model code never asks which norm it holds. Each registry entry says how model cards name
 it and which stock layer, if any, computes the same function (what the export to stock architectures reads).
@@ -15,6 +17,8 @@ same-directory sibling.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -49,8 +53,10 @@ class Norm(nn.Module):
     """A norm layer of the residual stream.
 
     `add_forward` is the residual add followed by the norm; a subclass that can fuse the two (RMSNorm on the Triton
-    path) overrides it, so the block never branches on the norm type. `numerics` says in one sentence where the
-    statistics are computed and in which dtype; `has_eps` whether an epsilon takes part at all. Reports quote both.
+    path) overrides it, so the block never branches on the norm type; while a forward pre-hook is registered (a
+    stability probe of the norm's input) it must call the norm on the sum, so the hook sees it. `numerics` says in
+    one sentence where the statistics are computed and in which dtype; `has_eps` whether an epsilon takes part at
+    all. Reports quote both.
     """
 
     numerics = ""
@@ -125,7 +131,8 @@ class RMSNorm(Norm):
 
     def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # One pass over memory instead of three (read x and residual, write the sum, read it again to normalize).
-        if self._use_triton(x):
+        # A forward pre-hook (a stability probe of the norm's input) sees the sum only on the unfused path.
+        if self._use_triton(x) and not self._forward_pre_hooks:
             return fused_add_rms_norm(x, residual, self.weight, self.eps)
         return super().add_forward(x, residual)
 
@@ -183,28 +190,31 @@ class PartialRMSNorm(Norm):
 
 
 class DyT(Norm):
-    """Dynamic Tanh (Zhu et al. 2025): `weight * tanh(alpha * x) + bias` with a learnable scalar alpha. No statistics
-    at all, so no reduction over the features and no eps: it squashes outliers instead of rescaling rows."""
+    """Dynamic Tanh (Zhu et al. 2025): `weight * tanh(alpha * x) + bias` with a learnable scalar alpha, or without the
+    bias (`bias=False`, as their LLaMA code has it). No statistics at all, so no reduction over the features and no
+    eps: it squashes outliers instead of rescaling rows. Every parameter starts at a constant, so a DyT model draws
+    no random numbers its RMSNorm twin does not (seeds stay paired across norms)."""
 
     numerics = "no statistics and no eps: tanh(alpha * x) in the input dtype, then the affine"
     has_eps = False
 
-    def __init__(self, hidden_size: int, alpha_init: float = 0.5) -> None:
+    def __init__(self, hidden_size: int, alpha_init: float = 0.5, bias: bool = True) -> None:
         super().__init__()
         self.alpha_init = alpha_init
         self.alpha = nn.Parameter(torch.full((1,), alpha_init))
         self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.bias = nn.Parameter(torch.zeros(hidden_size))
+        self.bias = nn.Parameter(torch.zeros(hidden_size)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.weight * torch.tanh(self.alpha * x) + self.bias
+        y = self.weight * torch.tanh(self.alpha * x)
+        return y + self.bias if self.bias is not None else y
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
         init.constant_(self.alpha, self.alpha_init)
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, alpha_init={self.alpha_init}"
+        return f"{self.weight.shape[0]}, alpha_init={self.alpha_init}, bias={self.bias is not None}"
 
 
 class Identity(Norm):
@@ -223,12 +233,20 @@ STOCK_LAYERS = {
 }
 
 
-class NormSpec(NamedTuple):
-    """A registry entry: how to build the norm from a config, how reports and model cards name it, and the stock
-    layer that computes exactly what it computes (a key of STOCK_LAYERS), which the export to stock architectures
-    (Llama, Qwen3, StableLM, ...) needs; `no_stock` says why there is none, after "norm_type=<name>: "."""
+# Where a norm of the residual stream sits, as the blocks tell `build_norm`: before the attention or the MLP reads the
+# stream (pre- and peri-norm), on a sublayer's output (peri-norm) or on the sum of the stream and a sublayer's output
+# (post-norm: `attention_output` and `mlp_output` too), or on the stream leaving the last block (`final`).
+NORM_POSITIONS = ("attention_input", "mlp_input", "attention_output", "mlp_output", "final")
 
-    build: Callable[[Any], Norm]  # config -> module; the config is a NormGPTConfig (typed loosely: see NORMS)
+
+class NormSpec(NamedTuple):
+    """A registry entry: how to build the norm from a config and its position (one of NORM_POSITIONS, or None where
+    no position is meant), how reports and model cards name it, and the stock layer that computes exactly what it
+    computes (a key of STOCK_LAYERS), which the export to stock architectures (Llama, Qwen3, StableLM, ...) needs;
+    `no_stock` says why there is none, after "norm_type=<name>: ". A builder of the config alone is accepted too: the
+    norm is then the same everywhere."""
+
+    build: Callable[..., Norm]  # (config, position) -> module; the config is a NormGPTConfig (typed loosely: see NORMS)
     title: str
     tag: str  # the Hub tag of a model that uses it
     stock: str | None = None
@@ -261,7 +279,9 @@ NORMS: dict[str, NormSpec] = {
         no_stock="no stock class has a partial RMSNorm (the RMS of the first prms_fraction of the features)",
     ),
     "dyt": NormSpec(
-        lambda c: DyT(c.hidden_size, c.dyt_alpha_init),
+        lambda c, position: DyT(
+            c.hidden_size, c.dyt_attention_alpha_init if position == "attention_input" else c.dyt_alpha_init, c.dyt_bias
+        ),
         "Dynamic Tanh (DyT)",
         "dyt",
         no_stock="no stock class has a DyT layer (Dynamic Tanh)",
@@ -289,11 +309,27 @@ def register_norm(name: str, spec: NormSpec) -> None:
     NORMS[name] = spec
 
 
-def build_norm(config: Any) -> Norm:
-    """The one place a norm name becomes a module."""
+@functools.cache
+def takes_position(build: Callable[..., Norm]) -> bool:
+    """Whether a builder takes the norm's position after the config (builders written before positions existed
+    take the config alone)."""
+    try:
+        params = list(inspect.signature(build).parameters.values())
+    except (TypeError, ValueError):  # no signature to read: assume the current form
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
+def build_norm(config: Any, position: str | None = None) -> Norm:
+    """The one place a norm name becomes a module: the norm at `position` (NORM_POSITIONS; None: no position in
+    particular, e.g. to read the class's declarations)."""
     if config.norm_type not in NORMS:
         raise ValueError(f"unknown norm_type {config.norm_type!r}; valid: {', '.join(NORMS)}")
-    return NORMS[config.norm_type].build(config)
+    if position is not None and position not in NORM_POSITIONS:
+        raise ValueError(f"unknown norm position {position!r}; valid: {', '.join(NORM_POSITIONS)}")
+    build = NORMS[config.norm_type].build
+    return build(config, position) if takes_position(build) else build(config)
 
 
 def norm_eps(config: Any) -> float | None:
@@ -302,17 +338,31 @@ def norm_eps(config: Any) -> float | None:
 
 
 def describe_norms(config: Any) -> str:
-    """Everything a report must say about normalization, in one line: which norm, where, eps, and the numerics."""
+    """Everything a report must say about normalization, in one line: which norm, where, eps, and the numerics (and
+    DyT's setup, and the embedding scale, where a config has them)."""
     norm = build_norm(config)
     eps = f"eps={config.rms_norm_eps:g}" if norm.has_eps else "no eps"
-    qk = f"; qk_norm: RMSNorm per head, eps={config.rms_norm_eps:g}" if config.qk_norm else ""
-    z = f"; z_loss={config.z_loss:g}" if config.z_loss else ""
-    return f"{config.norm_type} norm, {config.norm_placement} placement, {eps} ({norm.numerics}){qk}{z}"
+    parts = [f"{config.norm_type} norm, {config.norm_placement} placement, {eps} ({norm.numerics})"]
+    if isinstance(norm, DyT):
+        attention, other = config.dyt_attention_alpha_init, config.dyt_alpha_init
+        if attention == other:
+            alpha = f"alpha init {other:g}"
+        else:
+            alpha = f"alpha init {attention:g} before attention, {other:g} elsewhere"
+        parts.append(f"DyT {alpha}, {'with' if config.dyt_bias else 'no'} bias")
+    if getattr(config, "embedding_scale", False):
+        parts.append(f"embeddings times a learnable scalar (init {config.embedding_scale_init:g})")
+    if config.qk_norm:
+        parts.append(f"qk_norm: RMSNorm per head, eps={config.rms_norm_eps:g}")
+    if config.z_loss:
+        parts.append(f"z_loss={config.z_loss:g}")
+    return "; ".join(parts)
 
 
 __all__ = [
     "BUILTIN_NORMS",
     "NORMS",
+    "NORM_POSITIONS",
     "RMS_IMPLS",
     "STOCK_LAYERS",
     "DyT",

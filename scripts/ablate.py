@@ -1,7 +1,9 @@
 """Run an ablation sweep: a grid of training runs through the training entry point, then the report.
 
     python scripts/ablate.py configs/ablations/cpu_study.yaml --output_dir runs/cpu_study
-    python scripts/ablate.py SWEEP.yaml --output_dir DIR --dry_run      # validate and print the commands only
+    python scripts/ablate.py SWEEP.yaml --output_dir DIR --dry_run      # validate, print the budget and commands only
+    python scripts/ablate.py SWEEP.yaml --output_dir DIR --seeds 0,1    # a pilot: only the runs of these seeds
+    python scripts/ablate.py SWEEP.yaml --output_dir DIR --runs_per_gpu 10   # 10 runs at once on each GPU
 
 A sweep file names a base training config, overrides applied to every run, and a grid whose cartesian product is
 the set of runs (keys are the trainer's flags without `--`, exactly as on its command line, `norm` included):
@@ -18,6 +20,7 @@ the set of runs (keys are the trainer's flags without `--`, exactly as on its co
     findings:                               # optional: published findings it tests, the variant in each role and
       a: {rms: {norm: rms}, layer: {norm: layer}, tolerance: 0.1}   # the tolerance in nats (train/sweep/findings.py);
                                             # the report computes each verdict from paired seeds
+    budget: {seconds_per_run: 44, limit_minutes: 25}   # optional: what --dry_run adds up (train/sweep/budget.py)
 
 Every value must be a single, finite value, and a sweep may have at most 10,000 runs (`--max_runs N` raises the cap).
 Every run is `accelerate launch --num_processes 1 train/train.py --config
@@ -25,7 +28,10 @@ BASE <overrides> <grid values> --output_dir DIR/runs/<name>`, named from its gri
 (`norm=rms,learning_rate=0.003,seed=0`); mixed precision and the rest come from your accelerate config (or
 `--accelerate_config FILE`). Before the first launch, the data of every distinct data config of the sweep is prepared
 once, so the runs find the token cache built. With several GPUs one run goes to each GPU at a time; otherwise runs go
-one after another. All runs of the first seed come first, so an interrupted sweep already covers the whole grid once.
+one after another. `--runs_per_gpu K` puts K runs at once on each GPU (each its own process), or without a GPU K runs
+on the CPU, the cores split between them (NORMGPT_CPU_THREADS). All runs of the first seed come first, so an
+interrupted sweep already covers the whole grid once; `--seeds 0,1` runs only those seeds of the grid (a study's pilot,
+into the study's directory, whose later full run skips them as finished).
 
 Output, in DIR: `sweep.yaml` (the resolved sweep, written first), `runs/<name>/` (the run, its stdout/stderr in
 `train.log`, and `ablate_error.log` with the end of stderr if it failed), `ablate_runs.jsonl` (one row per launch),

@@ -30,7 +30,7 @@ from train.run_directory import (
     load_run,
     write_run_config,
 )
-from train.sweep import ablate, plan, scheduler, spec
+from train.sweep import ablate, budget, plan, scheduler, spec
 from train.sweep.directory import (
     LAUNCHES,
     SWEEP_LOCK,
@@ -157,6 +157,16 @@ BAD_SWEEPS = {
         "grid: {qk_norm: [false, true]}\nfindings: {c: {plain: {qk_norm: false}, qk_norm: {qk_norm: true}}}\n",
         "finding c needs a learning_rate axis in the grid",
     ),
+    # The time budget --dry_run adds up (train/sweep/budget.py).
+    "budget not a mapping": ("grid: {seed: [0]}\nbudget: 25\n", "'budget' must be a mapping of seconds_per_run"),
+    "unknown budget key": ("grid: {seed: [0]}\nbudget: {minutes: 8}\n", "unknown budget key 'minutes'; valid:"),
+    "negative cost": ("grid: {seed: [0]}\nbudget: {seconds_per_run: -4}\n", "budget.seconds_per_run must be > 0"),
+    "fractional K": ("grid: {seed: [0]}\nbudget: {runs_per_gpu: 2.5}\n", "budget.runs_per_gpu must be an integer"),
+    "device share above the run": (
+        "grid: {seed: [0]}\nbudget: {seconds_per_run: 4, device_seconds_per_run: 5}\n",
+        "budget.device_seconds_per_run must not exceed budget.seconds_per_run",
+    ),
+    "share above 1": ("grid: {seed: [0]}\nbudget: {early_stop_share: 2}\n", "early_stop_share must be a share"),
 }
 
 
@@ -326,6 +336,56 @@ def test_dry_run_and_config_mismatch(tmp_path, capsys):
     assert "run_config.yaml cannot be read" in capsys.readouterr().err
 
 
+BUDGET = {"seconds_per_run": 23.2, "device_seconds_per_run": 3.2, "runs_per_gpu": 10, "early_stop_share": 0.08}
+BUDGET |= {"idle": 0.1, "prepare_seconds": 15, "limit_minutes": 8, "device": "one H100"}
+
+
+def test_a_dry_run_prints_the_budget_arithmetic_of_the_study(tmp_path, capsys, monkeypatch):
+    """The GPU window's numbers: 125 runs, K = 10 on one GPU, 3.2 of 23.2 s on the GPU, 10 runs stopping early."""
+    monkeypatch.setattr(ablate, "gpu_count", lambda: 1)
+    grid = {"learning_rate": [1e-3, 2e-3, 3e-3, 4e-3, 5e-3], "warmup_steps": [1, 2, 3, 4, 5], "seed": [0, 1, 2, 3, 4]}
+    sweep_path = write_sweep(tmp_path / "s.yaml", {"grid": grid, "budget": BUDGET})
+    assert ablate.main([str(sweep_path), "--output_dir", str(tmp_path / "out"), "--dry_run"]) == 0
+    printed = capsys.readouterr().out
+    assert "125 runs to launch (of 125); K = 10 (the sweep file's budget.runs_per_gpu; launch with" in printed
+    assert "1 GPU(s) here: 10 slot(s); the seconds are for one H100" in printed
+    assert (
+        "device-bound: (125 - 10) x 3.2 s x 1.1 / 1 = 404.8 s; slot-bound: ceil(125 / 10) x 23.2 s = 301.6" in printed
+    )
+    assert "estimate: 15 s to prepare the data + 404.8 s = 420 s = 7.0 minutes (limit 8 minutes: fits)" in printed
+    assert "one run at a time (K = 1): 2915 s = 48.6 minutes" in printed
+    # Flags win over the file: a slower run and K = 2 no longer fit; --seeds keeps the pilot's runs only.
+    argv = [str(sweep_path), "--output_dir", str(tmp_path / "out"), "--dry_run", "--runs_per_gpu", "2"]
+    assert ablate.main([*argv, "--seconds_per_run", "60", "--seeds", "0,1"]) == 0
+    printed = capsys.readouterr().out
+    assert "sweep " in printed and ": 50 runs;" in printed and "seed=2" not in printed
+    assert "50 runs to launch (of 50); K = 2 (--runs_per_gpu)" in printed and "OVER the limit" in printed
+    assert "slot-bound: ceil(50 / 2) x 60 s = 1500.0 s" in printed
+    # Without a cost per run there is nothing to add up, and it says how to give one.
+    plain = write_sweep(tmp_path / "plain.yaml", {"grid": {"seed": [0, 1]}})
+    assert ablate.main([str(plain), "--output_dir", str(tmp_path / "o2"), "--dry_run"]) == 0
+    assert "declare\n  budget.seconds_per_run in the sweep file, or pass --seconds_per_run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--runs_per_gpu", "0"], "--runs_per_gpu must be an integer >= 1, got 0"),
+        (["--seconds_per_run", "-1"], "--seconds_per_run must be a number of seconds > 0, got -1.0"),
+        (["--seeds", "0,7"], "--seeds 7 is not among grid.seed (0, 1)"),
+    ],
+)
+def test_bad_runs_per_gpu_seeds_or_cost_is_one_line_and_exit_2(flags, message, tmp_path, capsys):
+    sweep_path = write_sweep(tmp_path / "s.yaml", {"grid": {"seed": [0, 1]}})
+    assert ablate.main([str(sweep_path), "--output_dir", str(tmp_path / "out"), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ablate.py: error: ") and message in err[0], err
+    assert not (tmp_path / "out").exists()
+    no_seed = write_sweep(tmp_path / "n.yaml", {"grid": {"norm": ["rms"]}})
+    assert ablate.main([str(no_seed), "--output_dir", str(tmp_path / "out"), "--seeds", "0"]) == 2
+    assert "--seeds needs a seed axis in the grid" in capsys.readouterr().err
+
+
 def test_a_dry_run_piped_into_head_ends_quietly(tmp_path):
     """`ablate.py --dry_run | head`: the reader leaves after one line, far more than a pipe buffer still to come."""
     sweep = REPO_ROOT / "configs" / "ablations" / "gpu_study.yaml"  # 168 runs: ~150 kB of commands
@@ -488,6 +548,48 @@ def test_stop_ends_the_launched_process_group(tmp_path):
     assert not _alive(child_pid)
 
 
+def test_runs_per_gpu_gives_each_gpu_k_slots_and_splits_the_cpu_threads(monkeypatch):
+    monkeypatch.setattr(scheduler, "gpu_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    assert scheduler.device_slots(1) == ["4", "6"]
+    assert scheduler.device_slots(3) == ["4", "6", "4", "6", "4", "6"]  # the first runs spread over the GPUs
+    monkeypatch.setattr(scheduler, "gpu_count", lambda: 0)
+    assert scheduler.device_slots(3) == [None, None, None]
+    monkeypatch.delenv("NORMGPT_CPU_THREADS", raising=False)
+    monkeypatch.setattr(scheduler, "available_cores", lambda: 8)
+    assert scheduler.cpu_threads(1) is None and scheduler.cpu_threads(3) == 2 and scheduler.cpu_threads(16) == 1
+    monkeypatch.setenv("NORMGPT_CPU_THREADS", "4")  # the user's choice stands
+    assert scheduler.cpu_threads(3) is None
+
+
+def test_k_runs_at_once_share_the_cpu_each_told_its_threads(tmp_path, monkeypatch):
+    """runs_per_gpu=2 without a GPU: two launches overlap, each with NORMGPT_CPU_THREADS = cores / 2."""
+    monkeypatch.setattr(scheduler, "gpu_count", lambda: 0)
+    monkeypatch.setattr(scheduler, "available_cores", lambda: 4)
+    monkeypatch.delenv("NORMGPT_CPU_THREADS", raising=False)
+    sweep = spec.load_sweep(write_sweep(tmp_path / "s.yaml", "grid: {seed: [0, 1]}\n"))
+
+    def fake_command(run, directory, action, parallel, accelerate_config=None):
+        body = (
+            "import os, pathlib, time\n"
+            f"mark = pathlib.Path({str(tmp_path)!r}, {run.name!r})\n"
+            "mark.write_text(os.environ['NORMGPT_CPU_THREADS'])\n"
+            f"others = [pathlib.Path({str(tmp_path)!r}, n) for n in ('seed=0', 'seed=1')]\n"
+            "deadline = time.monotonic() + 20\n"
+            "while not all(p.exists() for p in others) and time.monotonic() < deadline: time.sleep(0.05)\n"
+            "summary('completed' if all(p.exists() for p in others) else 'failed')"
+        )
+        return child(directory, body)
+
+    monkeypatch.setattr(scheduler, "launch_command", fake_command)
+    todo = [(run, Action.FRESH) for run in sweep.runs]
+    outcomes = scheduler.Scheduler(tmp_path / "out", runs_per_gpu=2).run(todo, total=2, done=0)
+    assert [o.status for o in outcomes] == [RunStatus.COMPLETED] * 2  # each saw the other running
+    assert (tmp_path / "seed=0").read_text() == (tmp_path / "seed=1").read_text() == "2"
+    log = (run_dir(tmp_path / "out", "seed=0") / TRAIN_LOG).read_text()
+    assert "NORMGPT_CPU_THREADS=2 " in log  # the launch line says how it was started
+
+
 def test_scheduler_runs_one_launch_per_slot_at_a_time(tmp_path, monkeypatch):
     """Two slots, four runs: at most two at once, each pinned to its own slot, every launch recorded."""
     sweep = spec.load_sweep(write_sweep(tmp_path / "s.yaml", "grid: {seed: [0, 1, 2, 3]}\n"))
@@ -611,24 +713,25 @@ PAIRED_CPU = REPO_ROOT / "configs" / "ablations" / "paired_cpu"
 
 
 def test_the_paired_cpu_studies_have_5_or_more_seeds_a_pilot_each_and_fit_25_minutes():
-    """Each study states its budget as runs x measured seconds per run; its pilot is the same sweep with seeds 0
-    and 1 (run into the study's directory, so the study keeps those runs)."""
+    """Each study states its budget as runs x measured seconds per run, and its `budget:` adds up to the same (what
+    --dry_run prints); its pilot is the same file with --seeds 0,1 into the study's directory (the study keeps those
+    runs)."""
     flags, declared = spec.trainer_flags(), []
     for path in sorted(PAIRED_CPU.glob("[abcd]_*.yaml")):
-        sweep = spec.load_sweep(path, flags)
+        sweep, text = spec.load_sweep(path, flags), path.read_text()
         seeds = sweep.grid["seed"]
         assert sweep.base.name == "tiny.yaml" and seeds == list(range(len(seeds))) and len(seeds) >= 5, path.name
         (key,) = sweep.findings
         assert sweep.findings[key]["tolerance"] > 0, path.name  # declared before the study runs
         declared.append(key)
-        runs, seconds, minutes = re.search(r"= (\d+) runs x (\d+) s = ([\d.]+) minutes", path.read_text()).groups()
+        runs, seconds, minutes = re.search(r"= (\d+) runs x (\d+) s = ([\d.]+) minutes", text).groups()
         assert int(runs) == len(sweep.runs) and float(minutes) == round(len(sweep.runs) * int(seconds) / 60, 1) <= 25
-        pilot = spec.load_sweep(PAIRED_CPU / "pilot" / path.name, flags)
-        assert pilot.grid == {**sweep.grid, "seed": [0, 1]}, path.name
-        same = ("base", "overrides", "exclude", "findings")
-        assert [getattr(pilot, k) for k in same] == [getattr(sweep, k) for k in same], path.name
-        out = re.search(r"--output_dir (\S+)", path.read_text()).group(1)
-        assert re.search(r"--output_dir (\S+)", pilot.path.read_text()).group(1) == out, path.name
+        estimate = budget.estimate(sweep.budget, len(sweep.runs), 1, 0, sweep.budget.seconds_per_run)
+        assert sweep.budget.seconds_per_run == int(seconds) and estimate.seconds <= sweep.budget.limit_minutes * 60
+        study, pilot = re.search(
+            r"#   (python scripts/ablate.py \S+ --output_dir \S+)( --seeds 0,1)?   # pilot", text
+        ).groups()
+        assert pilot and re.search(rf"#   {re.escape(study)}\s+# study", text) and str(path.name) in study, path.name
     assert declared == ["a", "b", "c", "d"]
 
 
@@ -641,8 +744,12 @@ def test_the_gpu_window_study_fits_8_minutes_by_its_own_arithmetic():
     tokens = run.training.max_steps * run.training.per_device_train_batch_size * run.data.block_size
     cpu_tokens = 200 * 16 * 128  # the CPU study's runs: tiny model, 200 steps of 16 x 128
     assert tokens >= 20 * cpu_tokens and f"{tokens:,}" in text
-    minutes = float(re.search(r"= ([\d.]+) minutes \(limit: 8\)", text).group(1))
-    assert minutes <= 8
+    # The header's arithmetic is the file's `budget:`, which --dry_run adds up on one GPU with the K it declares.
+    stated = float(re.search(r"= ([\d.]+) minutes \(limit: 8\)", text).group(1))
+    plan = gpu.budget
+    estimate = budget.estimate(plan, len(gpu.runs), plan.runs_per_gpu, 1, plan.seconds_per_run)
+    assert round(estimate.seconds / 60, 1) == stated <= plan.limit_minutes == 8
+    assert f"--runs_per_gpu {plan.runs_per_gpu}" in text
     assert 1e6 <= parameters(gpu.runs[0]) <= 10e6 and f"{parameters(gpu.runs[0]) / 1e6:.2f}M parameters" in text
 
 

@@ -95,6 +95,8 @@ def test_every_stock_variant_loads_without_normgpt_with_the_same_logits_and_toke
         ({"norm_placement": "peri"}, "norm_placement=peri"),
         ({"norm_type": "prms"}, "norm_type=prms"),
         ({"norm_type": "dyt"}, "norm_type=dyt"),
+        ({"norm_type": "dyt", "dyt_bias": False, "embedding_scale": True}, "norm_type=dyt"),
+        ({"embedding_scale": True}, "embedding_scale: no stock class"),
         ({"norm_type": "none"}, "norm_type=none"),
         ({"norm_type": "layer", "qk_norm": True}, "qk_norm with norm_type=layer"),
         ({"norm_type": "rms", "qk_norm": True, "hidden_act": "gelu"}, "qk_norm with norm_type=rms and hidden_act=gelu"),

@@ -145,6 +145,8 @@ def test_the_rms_kernel_is_a_runtime_choice_never_saved(tmp_path):
         (dict(num_hidden_layers=0), "num_hidden_layers must be a positive integer"),
         (dict(rms_norm_eps=0.0), "rms_norm_eps must be > 0"),
         (dict(hidden_size=60, num_attention_heads=4), "must be even for RoPE"),
+        (dict(dyt_attention_alpha_init=0.0), "dyt_attention_alpha_init must be a finite number > 0, got 0.0"),
+        (dict(embedding_scale_init=float("inf")), "embedding_scale_init must be a finite number > 0, got inf"),
     ],
 )
 def test_config_rejects_impossible_values(overrides, message):
@@ -270,9 +272,19 @@ def load_in_clean_process(run_dir, ids: torch.Tensor, tmp_path) -> dict:
     return run_elsewhere(LOAD_ELSEWHERE, tmp_path, str(run_dir), json.dumps(ids.tolist()))
 
 
-@pytest.mark.parametrize("norm_type", ["rms", "layer"])
-def test_save_then_load_where_project_is_not_importable(tmp_path, norm_type):
-    model = tiny_model(seed=5, norm_type=norm_type, num_key_value_heads=2)
+DYT_RECIPE = dict(
+    norm_type="dyt", dyt_attention_alpha_init=0.8, dyt_alpha_init=0.2, dyt_bias=False, embedding_scale=True
+)
+
+
+# The code saved beside the weights is the whole model: the DyT recipe (positions, no bias, the embedding scalar)
+# loads from it with the numbers it was saved with.
+@pytest.mark.parametrize("overrides", [{"norm_type": "rms"}, DYT_RECIPE], ids=["rms", "dyt-recipe"])
+def test_save_then_load_where_project_is_not_importable(tmp_path, overrides):
+    model = tiny_model(seed=5, num_key_value_heads=2, **overrides)
+    if overrides.get("embedding_scale"):
+        with torch.no_grad():  # away from its initial value, so a copy that re-initialised it would show
+            model.model.embed_scale.fill_(3.5)
     run_dir = tmp_path / "run"
     model.save_pretrained(run_dir)
     for name in ("config.json", "model.safetensors", "modeling_normgpt.py", "configuration_normgpt.py"):
@@ -370,6 +382,7 @@ def test_variant_norm_numerics():
     torch.testing.assert_close(prms(x), expected)
     dyt = DyT(64, alpha_init=0.7)
     torch.testing.assert_close(dyt(x), torch.tanh(0.7 * x))
+    assert [n for n, _ in DyT(64, bias=False).named_parameters()] == ["alpha", "weight"]
     noaffine = LayerNorm(64, eps=1e-5, elementwise_affine=False)
     assert list(noaffine.parameters()) == []
     torch.testing.assert_close(noaffine(x), F.layer_norm(x, (64,), eps=1e-5))
@@ -388,6 +401,55 @@ def test_qk_norm_normalizes_each_head_and_z_loss_adds_log_z_squared():
         out = plain(ids, labels=ids)
         log_z = torch.logsumexp(out.logits[:, :-1].float(), -1)
         torch.testing.assert_close(with_z(ids, labels=ids).loss, out.loss + 1e-2 * log_z.pow(2).mean())
+
+
+def test_dyt_as_zhu_et_al_set_it_up_for_llms():
+    """Each DyT layer starts at its position's alpha (the one before attention 4x the others in the recipe), without
+    a bias, and the embeddings are multiplied by a learnable scalar that starts at sqrt(d). Every new parameter starts
+    at a constant: the recipe draws no random number, so its matrices are its RMSNorm twin's (seeds stay paired)."""
+    recipe = dict(norm_type="dyt", dyt_attention_alpha_init=0.8, dyt_alpha_init=0.2, dyt_bias=False)
+    for placement, attention_input in (("pre", ["input_layernorm"]), ("peri", ["input_layernorm"]), ("post", [])):
+        model = tiny_model(seed=3, norm_placement=placement, embedding_scale=True, **recipe)
+        norms = {name: m for name, m in model.named_modules() if isinstance(m, DyT)}
+        assert norms and all(m.bias is None for m in norms.values()), placement
+        alphas = {name: m.alpha.item() for name, m in norms.items()}
+        expected = {n: pytest.approx(0.8 if n.split(".")[-1] in attention_input else 0.2) for n in alphas}
+        assert alphas == expected, placement
+    assert model.model.embed_scale.item() == pytest.approx(8.0)  # sqrt(64)
+    assert tiny_config(embedding_scale=True, embedding_scale_init=2.0).embedding_scale_init == 2.0
+    rms = tiny_model(seed=3)
+    shared = {k: v for k, v in rms.state_dict().items() if "layernorm" not in k and k != "model.norm.weight"}
+    recipe_state = tiny_model(seed=3, embedding_scale=True, **recipe).state_dict()
+    assert all(torch.equal(v, recipe_state[k]) for k, v in shared.items())
+    # what the first block reads is the scaled embedding, whether the caller passes ids or embeddings
+    model = tiny_model(seed=3, embedding_scale=True, embedding_scale_init=3.0, **recipe)
+    ids = torch.randint(1, 101, (2, 9))
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+        torch.testing.assert_close(out.hidden_states[0], 3.0 * model.model.embed_tokens(ids))
+        assert torch.equal(model(inputs_embeds=model.model.embed_tokens(ids)).logits, out.logits)
+    text = describe_norms(model.config)
+    assert "DyT alpha init 0.8 before attention, 0.2 elsewhere, no bias" in text
+    assert "embeddings times a learnable scalar (init 3)" in text
+
+
+def test_dyt_defaults_and_old_configs_build_the_model_they_always_did(tmp_path):
+    """A config without the recipe's fields (every config.json written before them) gets one alpha everywhere, the
+    bias, and no embedding scalar: the same parameters, and a checkpoint of it loads strictly with equal logits."""
+    model = tiny_model(seed=2, norm_type="dyt", dyt_alpha_init=50.0)
+    assert {m.alpha.item() for m in model.modules() if isinstance(m, DyT)} == {50.0}
+    assert all(m.bias is not None for m in model.modules() if isinstance(m, DyT))
+    assert model.model.embed_scale is None and "embed_scale" not in json.dumps(list(model.state_dict()))
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for key in ("dyt_attention_alpha_init", "dyt_bias", "embedding_scale", "embedding_scale_init"):
+        del config[key]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = NormGPTForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.dyt_attention_alpha_init == 50.0 and loaded.config.dyt_bias is True
+    ids = torch.randint(1, 101, (1, 7))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
 
 
 def test_describe_norms_states_placement_eps_and_upcast():

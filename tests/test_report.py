@@ -37,9 +37,11 @@ def fake_config(run_dir: Path, grid: dict, steps: int, layers: int, val_split: f
     return model
 
 
-def fake_metrics(run_dir: Path, final: float | None, steps: int, last: int, layers: int, val: bool) -> list[float]:
-    """Training rows every 5 steps, evaluations every 10 (and at 0); `final=None` ends in a NaN loss. Returns the
-    validation losses."""
+def fake_metrics(
+    run_dir: Path, final: float | None, steps: int, last: int, layers: int, val: bool, drift: float = 0.1
+) -> list[float]:
+    """Training rows every 5 steps, evaluations every 10 (and at 0); `final=None` ends in a NaN loss. Mean drift
+    grows with depth to `drift` after the last block. Returns the validation losses."""
     log, vals = MetricsLog(run_dir / METRICS), []
     if val:
         log.append({"step": 0, "val_loss": INIT, "tokens": 0, "elapsed": 0.0})
@@ -50,6 +52,8 @@ def fake_metrics(run_dir: Path, final: float | None, steps: int, last: int, laye
         row = {"step": step, "loss": loss, "lr": 1e-3, "grad_norm": 0.5 + frac, "tokens": step * 128}
         row |= {"tokens_per_sec": 1000.0, "elapsed": step * 0.1, "grad_norm_blocks": [0.1] * layers}
         row |= {"resid_rms": [1.0 + i + frac for i in range(layers)], "attn_logit_max": [2.0 + frac, 3.0 + frac]}
+        row |= {"resid_mean_drift": [drift * (i + 1) / layers for i in range(layers)]}
+        row |= {"norm_input_mean_drift": [drift / 2] * (2 * layers)}
         log.append(row | {"spike_count": 0, "spikes": []})
         if step % 10 == 0 and final is not None and val:
             log.append({"step": step, "val_loss": loss + 0.05, "tokens": step * 128, "elapsed": step * 0.1})
@@ -65,7 +69,8 @@ def fake_run(run_dir: Path, grid: dict, final: float | None, *, steps: int = 20,
     run_dir.mkdir(parents=True)
     model = fake_config(run_dir, grid, steps, layers, val_split)
     last = steps // 2 if final is None else steps
-    vals = fake_metrics(run_dir, final, steps, last, layers, val=bool(val_split))
+    drift = 0.1 + (0.1 + 0.01 * grid.get("seed", 0) if grid.get("norm", "rms") == "rms" else 0.0)
+    vals = fake_metrics(run_dir, final, steps, last, layers, val=bool(val_split), drift=drift)
     Summary(
         status=RunStatus.DIVERGED if final is None else RunStatus.COMPLETED,
         steps=last,
@@ -201,7 +206,12 @@ def test_legacy_sweep_gives_a_byte_identical_summary_csv(tmp_path):
     shutil.copytree(LEGACY_SWEEP, out)
     (out / "summary.csv").unlink()
     assert report.main([str(out)]) == 0
-    assert (out / "summary.csv").read_bytes() == (LEGACY_SWEEP / "summary.csv").read_bytes()
+    # Columns are only ever appended: the old file is each row's prefix, and the new metrics are empty for it.
+    header, *rows = (LEGACY_SWEEP / "summary.csv").read_bytes().split(b"\r\n")
+    added = report.SUMMARY_COLUMNS[len(report.LEGACY_COLUMNS) :]
+    assert added == ("max_resid_mean_drift", "max_norm_input_mean_drift")
+    expected = [header + b"," + ",".join(added).encode()] + [row + b"," * len(added) if row else row for row in rows]
+    assert (out / "summary.csv").read_bytes().split(b"\r\n") == expected
     md = (out / "report.md").read_text()
     assert "8 runs in the grid: 8 completed" in md and "AMD EPYC (2 cores) (from the runs' summary.json)" in md
     assert "- norm=rms vs norm=layer: final val loss at its best LR" in md
@@ -390,7 +400,7 @@ def test_a_single_run_is_a_report(tmp_path, sweep_yaml):
     assert _results_rows(md)[0].startswith(f"| {label} | – | 3.450 (1 seed) | 1 |")
     assert "1 runs in the grid: 1 completed" in md and "Fewer than two variants" in md
     assert [float(r["final_val_loss"]) for r in _csv(tmp_path)] == [pytest.approx(3.45)]
-    assert {Path(link).stem for link in _links(md)} == {"loss_curves", "resid_rms_depth"}
+    assert {Path(link).stem for link in _links(md)} == {"loss_curves", "resid_rms_depth", "mean_drift_depth"}
 
 
 def test_a_new_figure_is_one_entry_in_the_list(tmp_path, monkeypatch):
@@ -707,6 +717,15 @@ def test_findings_a_and_d_on_a_synthetic_sweep(tmp_path, capsys):
     assert "- (a) per seed, rms's final val loss minus layer's, each at its own best LR" in md
     assert "*equivalent within ±δ* is a TOST at α = 0.05" in md
     assert "Unigram entropy of the training tokens: 4.250 nats" in md
+    # The mean-drift observation, from (a)'s roles at the LR (a) compares: rms's stream drifts 0.10-0.14 more.
+    drift = md.split("### Mean drift: RMSNorm vs LayerNorm (observation)")[1].split("### Final validation loss")[0]
+    assert "rms at lr 0.01, layer at lr 0.01" in drift and "No verdict rule was written" in drift
+    assert "- Mean drift of the stream after each block, rms − layer: +0.120 ± 0.020 (95% t-interval, 5 " in drift
+    assert "RMSNorm's drifts more (the interval lies above 0)" in drift
+    assert "- Final validation loss, rms − layer: -0.002 ± 0.014 (95% t-interval, 5 paired seeds)" in drift
+    assert "Spearman ρ = +0.00 (p = 1, 5 seeds): no association at α = 0.05" in drift
+    assert "| 4 | 0.240 | 0.100 | 3.450 | 3.460 |" in drift  # seed 4: drift and final validation loss per role
+    assert "| 2 | 0.220 | 0.100 |" in drift.split("mean over seeds")[1]  # block 2 (the last): rms's mean over seeds
     # Without a declared tolerance the report's --tolerance applies: at 0.01 nats ±0.01 is no longer equivalent.
     assert report.main([str(tmp_path), "--tolerance", "0.01"]) == 0
     a = findings_rows((tmp_path / "report.md").read_text())["a"]

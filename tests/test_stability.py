@@ -18,6 +18,8 @@ from train.stability import (
     attention_logit_probe,
     block_sq_sums,
     max_attention_logit,
+    mean_drift,
+    norm_input_probe,
     residual_rms,
     snapshot_blocks,
     unigram_entropy,
@@ -214,6 +216,39 @@ def test_probes_match_direct_computation(tiny):
     torch.testing.assert_close(found[1], scores.masked_fill(~mask, -1e9).amax())
     # hooks are gone afterwards
     assert all(not layer.self_attn.logits_probe._forward_hooks for layer in tiny.model.layers)
+
+
+def test_mean_drift_of_constructed_vectors():
+    centred = torch.tensor([[1.0, -1.0, 2.0, -2.0]])
+    assert mean_drift(centred).item() == 0.0
+    assert mean_drift(torch.full((3, 5, 8), -2.0)).item() == pytest.approx(1.0)  # a constant vector: all offset
+    # offset c on a centred vector of RMS 1: |mean| / RMS = c / sqrt(1 + c^2); averaged over the vectors
+    both = torch.stack([centred[0] / math.sqrt(2.5) + 0.5, centred[0] / math.sqrt(2.5)])
+    assert mean_drift(both).item() == pytest.approx((0.5 / math.sqrt(1.25) + 0.0) / 2)
+    assert mean_drift(torch.zeros(2, 4)).item() == 0.0  # a zero vector has no offset (not NaN)
+
+
+@pytest.mark.parametrize("rms_impl", ["torch", "triton"])
+def test_norm_input_drift_is_taken_where_each_norm_reads_the_stream(tiny, rms_impl):
+    """Pre-norm: block i's attention norm reads the stream entering it (hidden state i), its MLP norm the stream plus
+    the attention's output, which the fused add-and-norm kernel (rms_impl=triton) computes inside itself."""
+    tiny.set_rms_impl(rms_impl)
+    ids = torch.randint(0, 97, (2, 10))
+    attention_outputs = []
+    handles = [
+        layer.self_attn.register_forward_hook(lambda m, args, out: attention_outputs.append(out[0]))
+        for layer in tiny.model.layers
+    ]
+    with torch.no_grad(), norm_input_probe(tiny.model.layers) as found:
+        out = tiny(ids, output_hidden_states=True, use_cache=False)
+    for handle in handles:
+        handle.remove()
+    assert sorted(found) == list(range(6))  # two norms a block, three blocks; QK-norm is no norm of the stream
+    h = out.hidden_states
+    for i in range(3):
+        torch.testing.assert_close(found[2 * i], mean_drift(h[i]))
+        torch.testing.assert_close(found[2 * i + 1], mean_drift(h[i] + attention_outputs[i]))
+    assert all(not norm._forward_pre_hooks for layer in tiny.model.layers for norm in layer.children())
 
 
 def test_max_attention_logit_respects_cache_offset_and_padding():

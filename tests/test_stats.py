@@ -35,6 +35,9 @@ VARIANTS = {
     "rms": {},
     "layer": {"norm": "layer"},
     "dyt": {"norm": "dyt"},
+    # Zhu et al.'s LLaMA recipe: its alphas, no bias and the embedding scalar all start at constants
+    "dyt_recipe": {"norm": "dyt", "dyt_attention_alpha_init": 0.8, "dyt_alpha_init": 0.2, "dyt_bias": "false"}
+    | {"embedding_scale": "true"},
     "none": {"norm": "none"},
     "post": {"norm_placement": "post"},
     "qk_norm": {"qk_norm": "true"},

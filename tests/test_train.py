@@ -116,6 +116,13 @@ def test_short_run_learns_and_writes_every_output(corpus, cache_dir, tmp_path):
     assert "pre placement" in summary["model"]["norm_numerics"]
     # stability probes on every logging row, one value per block
     assert all(len(r["grad_norm_blocks"]) == len(r["resid_rms"]) == len(r["attn_logit_max"]) == 2 for r in train_rows)
+    # mean drift: the stream after each block, the input of each of its norms; the summary keeps the largest
+    assert all(len(r["resid_mean_drift"]) == 2 and len(r["norm_input_mean_drift"]) == 4 for r in train_rows)
+    for key, name in (
+        ("max_resid_mean_drift", "resid_mean_drift"),
+        ("max_norm_input_mean_drift", "norm_input_mean_drift"),
+    ):
+        assert summary[key] == max(v for r in train_rows for v in r[name]) and 0 < summary[key] < 1
 
     # run_config.yaml holds the value every field resolved to (no null standing for "the default of the day"), and
     # reproduces the run's config when given back as --config.

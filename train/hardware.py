@@ -23,6 +23,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The CPU threads a training process uses, where the user (or a sweep running several runs at once) chooses them.
+CPU_THREADS_ENV = "NORMGPT_CPU_THREADS"
+
+
 def available_cores() -> int:
     """Cores this process may run on (its affinity mask, which containers and taskset narrow)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

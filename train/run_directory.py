@@ -360,6 +360,11 @@ RUN_METRICS = (
     RunMetric("spike_count", "spikes", "sum", digits=None),
     RunMetric("max_grad_norm", "max grad norm", "max"),
     RunMetric("max_attn_logit", "max attn logit", "max", from_rows="attn_logit_max"),
+    # mean drift (train/stability.py): |mean| / RMS over features, averaged over tokens, largest over blocks and steps
+    RunMetric("max_resid_mean_drift", "max stream mean drift", "max", from_rows="resid_mean_drift", digits=3),
+    RunMetric(
+        "max_norm_input_mean_drift", "max norm-input mean drift", "max", from_rows="norm_input_mean_drift", digits=3
+    ),
 )
 
 
@@ -382,6 +387,8 @@ class Summary:
     spike_steps: list[int] = field(default_factory=list)
     max_grad_norm: float | None = None
     max_attn_logit: float | None = None
+    max_resid_mean_drift: float | None = None
+    max_norm_input_mean_drift: float | None = None
     tokens_per_sec: float | None = None
     wall_time: float | None = None
     num_parameters: int | None = None

@@ -13,7 +13,12 @@ What is measured and why:
 - max attention logit: Wortsman et al. 2023 ("Small-scale proxies for large-scale Transformer training
   instabilities"): runs whose largest pre-softmax logit grows past ~1e4 diverge;
 - update-to-weight RMS ratio per block: how far each step moves the weights, relative to their size;
-- residual-stream RMS after each block: pre-norm streams grow with depth, post-norm streams are pinned near 1.
+- residual-stream RMS after each block: pre-norm streams grow with depth, post-norm streams are pinned near 1;
+- mean drift: |mean over features| / RMS of each token's vector, averaged over tokens, of the residual stream after
+  each block and of the input of each norm in the blocks. 0 for vectors centred on zero, 1 for constant ones (it
+  never exceeds 1). RMSNorm does not subtract the mean, LayerNorm does: where the stream's vectors share a common
+  offset, RMSNorm passes it on (Zhang & Sennrich 2019 argue re-centering is dispensable; this measures whether the
+  offset grows).
 The probes run on logging steps only, so the other steps do no extra work.
 """
 
@@ -27,6 +32,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from torch import nn
+
+from model.norms import Norm
 
 SPIKE_WINDOW = 128
 SPIKE_SIGMAS = 6.0
@@ -233,6 +240,41 @@ def residual_rms(hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([h.detach().float().pow(2).mean().sqrt() for h in hidden_states[1:]])
 
 
+def mean_drift(x: torch.Tensor) -> torch.Tensor:
+    """|mean over the last dim| / RMS over it, per vector, averaged over all vectors: a scalar in [0, 1], fp32."""
+    x = x.detach().float()
+    rms = x.pow(2).mean(-1).sqrt().clamp_min(torch.finfo(torch.float32).tiny)  # a zero vector counts as 0, not NaN
+    return (x.mean(-1).abs() / rms).mean()
+
+
+def stream_norms(blocks: Sequence[nn.Module]) -> list[nn.Module]:
+    """The norms of the residual stream in the blocks (their direct children; QK-norm, inside attention, is not
+    one), block by block in the order the stream meets them."""
+    return [m for block in blocks for m in block.children() if isinstance(m, Norm)]
+
+
+@contextmanager
+def norm_input_probe(blocks: Sequence[nn.Module]) -> Iterator[dict[int, torch.Tensor]]:
+    """Hooks the input of every norm of the stream (`stream_norms`) for the forward passes inside the block; yields
+    the dict that collects each norm's mean drift by its index there. A norm with a hook takes its unfused path
+    (norms.py), so the fused add-and-norm kernel cannot hide its input."""
+    found: dict[int, torch.Tensor] = {}
+
+    def hook(index: int):
+        def on_input(module, args):
+            with torch.no_grad():
+                found[index] = mean_drift(args[0])
+
+        return on_input
+
+    handles = [norm.register_forward_pre_hook(hook(i)) for i, norm in enumerate(stream_norms(blocks))]
+    try:
+        yield found
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def max_attention_logit(
     query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor | None, max_sequences: int
 ) -> torch.Tensor:
@@ -286,13 +328,18 @@ class BlockProbes:
 
     @contextmanager
     def forward(self) -> Iterator[None]:
-        with attention_logit_probe(self.blocks, self.max_sequences) as logits:
+        with attention_logit_probe(self.blocks, self.max_sequences) as logits, norm_input_probe(self.blocks) as inputs:
             yield
-        self._logits = logits
+        self._logits, self._norm_inputs = logits, [inputs[i] for i in sorted(inputs)]
 
     def after_forward(self, out) -> None:
+        stream = out.hidden_states[1:]  # after each block
         self.row = {
             "resid_rms": [round(v, 5) for v in residual_rms(out.hidden_states).tolist()],
+            "resid_mean_drift": [round(v, 5) for v in torch.stack([mean_drift(h) for h in stream]).tolist()],
+            "norm_input_mean_drift": [round(v, 5) for v in torch.stack(self._norm_inputs).tolist()]
+            if self._norm_inputs
+            else [],
             "attn_logit_max": [round(float(v), 4) for v in torch.stack(self._logits).tolist()],
             "log_z": round(torch.logsumexp(out.logits.detach().float(), dim=-1).mean().item(), 5),
         }
@@ -307,5 +354,13 @@ class BlockProbes:
         update = self._norms(update_sq_sums(self.blocks, self._before))
         del self._before
         self.row["update_ratio_blocks"] = [round(u / max(w, 1e-12), 8) for u, w in zip(update, weight, strict=True)]
-        order = ("grad_norm_blocks", "update_ratio_blocks", "resid_rms", "attn_logit_max", "log_z")
+        order = (
+            "grad_norm_blocks",
+            "update_ratio_blocks",
+            "resid_rms",
+            "resid_mean_drift",
+            "norm_input_mean_drift",
+            "attn_logit_max",
+            "log_z",
+        )
         return {key: self.row[key] for key in order}

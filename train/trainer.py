@@ -43,7 +43,7 @@ from train.config import RunConfig
 from train.data import PreparedData, TokenBatches, eval_batches, prepare_data
 from train.data.tokenizer import tokenizer_identity
 from train.flops import flops_per_token, matmul_parameters, peak_flops
-from train.hardware import available_cores, device_name, hardware
+from train.hardware import CPU_THREADS_ENV, available_cores, device_name, hardware
 from train.launcher import warn_if_fewer_processes
 from train.plots import plot_loss_curve
 from train.publish.export import ExportResult
@@ -187,7 +187,7 @@ def use_cpu_cores(accelerator: Accelerator) -> None:
         return
     cores = available_cores()
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-    torch.set_num_threads(int(os.environ.get("NORMGPT_CPU_THREADS", max(1, cores // local_processes))))
+    torch.set_num_threads(int(os.environ.get(CPU_THREADS_ENV, max(1, cores // local_processes))))
 
 
 def resolve_output_dir(run: RunConfig, state: PartialState) -> Path:

@@ -88,6 +88,8 @@ def stock_target(config: Any) -> StockTarget | str:
         return f"norm_type={config.norm_type}: not a registered norm"
     if spec.stock is None:
         return f"norm_type={config.norm_type}: {spec.no_stock}"
+    if getattr(config, "embedding_scale", False):  # Gemma's sqrt(hidden_size) is a constant, and Gemma differs more
+        return "embedding_scale: no stock class multiplies its embeddings by a learnable scalar"
     swiglu = config.hidden_act == "silu"
     if config.qk_norm:
         if spec.stock == "rms" and swiglu:

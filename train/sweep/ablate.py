@@ -17,11 +17,19 @@ from train.atomic_io import ParseError, parse_json, parse_yaml
 from train.cli import OneLineParser
 from train.output_dir import OutputDirError, OutputLock
 from train.run_directory import ERROR_LOG, RunStatus
-from train.sweep import report
+from train.sweep import budget, report
 from train.sweep.directory import RUNS, SWEEP_LOCK, run_dir, write_sweep_record
 from train.sweep.plan import Action, plan_sweep, prepare_data_once
-from train.sweep.scheduler import Outcome, Scheduler, command_line, gpu_slots, launch_command
-from train.sweep.spec import MAX_RUNS, Sweep, SweepError, load_sweep
+from train.sweep.scheduler import (
+    Outcome,
+    Scheduler,
+    command_line,
+    cpu_threads,
+    device_slots,
+    gpu_count,
+    launch_command,
+)
+from train.sweep.spec import MAX_RUNS, Sweep, SweepError, load_sweep, select_seeds
 
 
 def plural(n: int, what: str = "run") -> str:
@@ -37,7 +45,28 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("sweep", help="sweep YAML file (base, overrides, grid, exclude, description)")
     parser.add_argument("--output_dir", required=True, help="sweep directory: DIR/runs/<name>/, report, figures")
-    parser.add_argument("--dry_run", action="store_true", help="validate and print each run's command; run nothing")
+    parser.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="validate, print the study's time budget (the sweep file's `budget:`) and each run's command; run nothing",
+    )
+    parser.add_argument(
+        "--runs_per_gpu",
+        type=int,
+        default=None,
+        metavar="K",
+        help="K runs at once on each GPU, each its own process (without a GPU: K runs sharing the CPU cores, the "
+        "threads split between them); default 1",
+    )
+    parser.add_argument(
+        "--seeds",
+        help="comma-separated seeds of the grid to run (e.g. 0,1: the study's pilot, into the study's directory)",
+    )
+    parser.add_argument(
+        "--seconds_per_run",
+        type=float,
+        help="for --dry_run: one run's measured cost, launch to exit, in place of the sweep file's budget",
+    )
     parser.add_argument("--no_report", action="store_true", help="skip scripts/report.py at the end")
     parser.add_argument(
         "--accelerate_config",
@@ -68,9 +97,31 @@ def check_accelerate_config(path: str) -> None:
         raise SweepError(f"accelerate config '{path}' cannot be used: {why}") from None
 
 
-def print_dry_run(sweep: Sweep, actions: dict[str, Action], out_dir: Path, accelerate_config: str | None) -> None:
-    """Each run's command, with the GPU it would get; nothing is written."""
-    slots = gpu_slots()
+def print_budget(sweep: Sweep, actions: dict[str, Action], args: argparse.Namespace) -> None:
+    """The study's time budget (train/sweep/budget.py) for the runs left to launch."""
+    todo = sum(action is not Action.DONE for action in actions.values())
+    k = args.runs_per_gpu or sweep.budget.runs_per_gpu
+    if args.runs_per_gpu is not None:
+        source = "--runs_per_gpu"
+    elif k > 1:
+        source = f"the sweep file's budget.runs_per_gpu; launch with --runs_per_gpu {k} to run so"
+    else:
+        source = "one run at a time"
+    seconds = args.seconds_per_run or sweep.budget.seconds_per_run
+    print("budget (train/sweep/budget.py; an estimate until the runs are timed on their machine):")
+    if seconds is None:
+        print(f"  {todo} runs to launch (of {len(sweep.runs)}), K = {k}; no cost per run to add up: declare")
+        print("  budget.seconds_per_run in the sweep file, or pass --seconds_per_run")
+        return
+    for line in budget.lines(sweep.budget, todo, len(sweep.runs), k, source, gpu_count(), seconds):
+        print(line)
+
+
+def print_dry_run(
+    sweep: Sweep, actions: dict[str, Action], out_dir: Path, accelerate_config: str | None, runs_per_gpu: int
+) -> None:
+    """Each run's command, with the GPU (and CPU threads) it would get; nothing is written."""
+    slots, threads = device_slots(runs_per_gpu), cpu_threads(runs_per_gpu)
     for i, spec in enumerate(sweep.runs):
         action = actions[spec.name]
         if action is Action.DONE:
@@ -79,14 +130,16 @@ def print_dry_run(sweep: Sweep, actions: dict[str, Action], out_dir: Path, accel
         slot = slots[i % len(slots)]
         print(f"# {spec.name}: {action}")
         cmd = launch_command(spec, run_dir(out_dir, spec.name), action, len(slots) > 1, accelerate_config)
-        print(command_line(cmd, slot))
+        print(command_line(cmd, slot, threads))
 
 
 def interrupt(signum, frame):
     raise KeyboardInterrupt  # SIGTERM (a scheduler's stop) ends the sweep as Ctrl-C does: every run stopped
 
 
-def launch(sweep: Sweep, actions: dict[str, Action], out_dir: Path, accelerate_config: str | None) -> list[Outcome]:
+def launch(
+    sweep: Sweep, actions: dict[str, Action], out_dir: Path, accelerate_config: str | None, runs_per_gpu: int
+) -> list[Outcome]:
     todo = [(spec, actions[spec.name]) for spec in sweep.runs if actions[spec.name] is not Action.DONE]
     if not todo:
         print(f"nothing to launch: all {len(sweep.runs)} runs finished")
@@ -94,7 +147,8 @@ def launch(sweep: Sweep, actions: dict[str, Action], out_dir: Path, accelerate_c
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         prepare_data_once([spec for spec, _ in todo], say=lambda line: print(line, flush=True))
-        return Scheduler(out_dir, accelerate_config).run(todo, len(sweep.runs), len(sweep.runs) - len(todo))
+        scheduler = Scheduler(out_dir, accelerate_config, runs_per_gpu=runs_per_gpu)
+        return scheduler.run(todo, len(sweep.runs), len(sweep.runs) - len(todo))
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -124,7 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_accelerate_config(args.accelerate_config)
         if out_dir.exists() and not out_dir.is_dir():
             raise SweepError(f"--output_dir '{out_dir}' is a file, not a directory")
+        if args.runs_per_gpu is not None and args.runs_per_gpu < 1:
+            raise SweepError(f"--runs_per_gpu must be an integer >= 1, got {args.runs_per_gpu}")
+        if args.seconds_per_run is not None and not (0 < args.seconds_per_run < float("inf")):
+            raise SweepError(f"--seconds_per_run must be a number of seconds > 0, got {args.seconds_per_run}")
         sweep = load_sweep(Path(args.sweep), max_runs=args.max_runs)
+        if args.seeds is not None:
+            select_seeds(sweep, [s.strip() for s in args.seeds.split(",") if s.strip()])
         if not args.dry_run:  # the sweep directory is this sweep's until it ends: a second one is refused
             lock = lock_sweep_dir(out_dir)
         actions = plan_sweep(sweep, out_dir)
@@ -160,9 +220,11 @@ def run_sweep(args: argparse.Namespace, sweep: Sweep, actions: dict[str, Action]
         f"{count[Action.RESUME]} to resume, {count[Action.FRESH]} to start; output in {out_dir}",
         flush=True,
     )
+    runs_per_gpu = args.runs_per_gpu or 1
     if args.dry_run:
         try:
-            print_dry_run(sweep, actions, out_dir, args.accelerate_config)
+            print_budget(sweep, actions, args)
+            print_dry_run(sweep, actions, out_dir, args.accelerate_config, runs_per_gpu)
             sys.stdout.flush()
         except BrokenPipeError:  # `--dry_run | head`: the reader has what it wanted; no traceback at exit either
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -174,7 +236,7 @@ def run_sweep(args: argparse.Namespace, sweep: Sweep, actions: dict[str, Action]
         print(f"ablate.py: error: cannot write to --output_dir '{out_dir}' ({err.strerror or err})", file=sys.stderr)
         return 2
     try:
-        outcomes = launch(sweep, actions, out_dir, args.accelerate_config)
+        outcomes = launch(sweep, actions, out_dir, args.accelerate_config, runs_per_gpu)
     except KeyboardInterrupt:
         return 130
     if outcomes:

@@ -264,25 +264,58 @@ def draw_sensitivity(study: Study, results: Results, path: Path) -> bool:
     return True
 
 
-def draw_resid_depth(study: Study, results: Results, path: Path) -> bool:
-    """RMS of the residual stream after each block at the last logged step, each variant at its best LR."""
+def depth_profiles(study: Study, results: Results, key: str) -> dict[str, tuple]:
+    """Per variant at its best LR: the per-block list `key` at each run's last logged step, over seeds, as
+    (lr, positions from 1, mean, min, max)."""
     profiles = {}
     for variant, (lr, runs) in best_lr_runs(study, results).items():
-        last = [rows[-1]["resid_rms"] for r in runs if (rows := [x for x in r.run.train_rows() if x.get("resid_rms")])]
+        last = [p for r in runs if isinstance(p := r.last_logged(key), list) and p]
         xs, mean, lo, hi = band([[(i + 1, number(v)) for i, v in enumerate(p)] for p in last])
         if xs:
             profiles[variant] = (lr, xs, mean, lo, hi)
-    if not profiles:
-        return False
+    return profiles
+
+
+def plot_profiles(ax: Any, study: Study, profiles: dict[str, tuple]) -> None:
     color = colors(study)
-    fig, ax = plt().subplots(figsize=(7, 4.5), dpi=110)
     for variant, (lr, xs, mean, lo, hi) in profiles.items():
         label = variant + (f" (lr={lr:g})" if lr is not None else "")
         ax.plot(xs, mean, "o-", color=color[variant], label=label, ms=4)
         ax.fill_between(xs, lo, hi, color=color[variant], alpha=0.2, lw=0)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # blocks and norms are counted
+
+
+def draw_resid_depth(study: Study, results: Results, path: Path) -> bool:
+    """RMS of the residual stream after each block at the last logged step, each variant at its best LR."""
+    profiles = depth_profiles(study, results, "resid_rms")
+    if not profiles:
+        return False
+    fig, ax = plt().subplots(figsize=(7, 4.5), dpi=110)
+    plot_profiles(ax, study, profiles)
     ax.set_yscale("log")
     title = "Residual-stream RMS vs depth at the end of training (best LR; band: min–max over seeds)"
     label_axes(ax, "block (depth)", "residual-stream RMS after the block", title, title_size=9)
+    save(fig, path)
+    return True
+
+
+def draw_mean_drift_depth(study: Study, results: Results, path: Path) -> bool:
+    """Mean drift (|mean| / RMS over features, averaged over tokens) at the last logged step, each variant at its
+    best LR: of the stream after each block, and of each norm's input in the order the stream meets the norms."""
+    panels = [(key, depth_profiles(study, results, key)) for key in ("resid_mean_drift", "norm_input_mean_drift")]
+    if not any(profiles for _, profiles in panels):
+        return False
+    fig, axes = plt().subplots(1, 2, figsize=(12, 4.5), dpi=110, sharey=True)
+    labels = {
+        "resid_mean_drift": ("block (depth)", "stream after the block"),
+        "norm_input_mean_drift": ("norm of the blocks, in the order the stream meets them", "input of the norm"),
+    }
+    for ax, (key, profiles) in zip(axes, panels, strict=True):
+        plot_profiles(ax, study, profiles)
+        xlabel, what = labels[key]
+        label_axes(ax, xlabel, f"|mean| / RMS over features, {what}", what)
+    axes[0].set_ylim(bottom=0)
+    fig.suptitle("Mean drift vs depth at the end of training (best LR; mean over seeds, band: min–max)", fontsize=10)
     save(fig, path)
     return True
 
@@ -349,6 +382,15 @@ FIGURES: tuple[Figure, ...] = (
         draw_resid_depth,
         "Residual-stream RMS after each block at the end of training, at each variant's best LR.",
         needs_metrics=("resid_rms",),
+    ),
+    Figure(
+        "mean_drift_depth",
+        draw_mean_drift_depth,
+        "Mean drift across depth at the end of training, each variant at its best LR: |mean over features| / RMS, "
+        "averaged over tokens (0: centred vectors, 1: constant ones), of the residual stream after each block (left) "
+        "and of each norm's input (right; pre-norm: attention then MLP norm of block 1, then of block 2, ...). "
+        "LayerNorm subtracts the mean its input has; RMSNorm passes it on.",
+        needs_metrics=("resid_mean_drift",),
     ),
 )
 

@@ -26,13 +26,15 @@ from train.atomic_io import atomic_write
 from train.cli import OneLineParser
 from train.hardware import describe_hardware, hardware
 from train.run_directory import RUN_METRICS, RunMetric, RunStatus
-from train.sweep import figures, findings, stats
+from train.sweep import figures, findings, mean_drift, stats
 from train.sweep.directory import FIGURES_DIR, REPORT_MD, SUMMARY_CSV, SweepDirectoryError, fmt_value
 from train.sweep.study import Study, StudyRun, VariantResult, analyse, load_study, number
 
 DEFAULT_TOLERANCE = 0.1  # nats of final validation loss
-# summary.csv after run, grid keys and variant; the column set and formatting are a compatibility promise.
-SUMMARY_COLUMNS = (
+# summary.csv after run, grid keys and variant; the column set and formatting are a compatibility promise: columns
+# are only ever appended (a run-wide metric added to RUN_METRICS after these goes at the end), so a reader that takes
+# columns by position keeps working and a summary.csv of an older sweep is a prefix of each row of today's.
+LEGACY_COLUMNS = (
     "status",
     "steps",
     "max_steps",
@@ -42,11 +44,14 @@ SUMMARY_COLUMNS = (
     "final_train_loss",
     "diverged",
     "diverged_step",
-    *(metric.key for metric in RUN_METRICS),
+    "spike_count",
+    "max_grad_norm",
+    "max_attn_logit",
     "tokens_per_sec",
     "wall_time",
     "num_parameters",
 )
+SUMMARY_COLUMNS = (*LEGACY_COLUMNS, *(m.key for m in RUN_METRICS if m.key not in LEGACY_COLUMNS))
 # How each variant's norms are set up: (column, key of summary.json's `model` section and of run_config.yaml).
 NORM_SETTINGS = (
     ("norm", "norm_type"),
@@ -417,6 +422,52 @@ def findings_section(ctx: Context) -> list[str]:
     return [*lines, ""]
 
 
+def mean_drift_section(ctx: Context) -> list[str]:
+    """The mean-drift observation (train/sweep/mean_drift.py) of a study that judges finding (a)."""
+    obs = mean_drift.observe(ctx.study, ctx.results, ctx.judged)
+    if obs is None:
+        return []
+    where = ", ".join(f"{role} at lr {findings.lr_text(lr)}" for role, lr in obs.lrs.items())
+    lines = ["### Mean drift: RMSNorm vs LayerNorm (observation)", ""]
+    lines.append(
+        "Does RMSNorm's residual stream drift in mean where LayerNorm's does not, and does that cost loss at this "
+        "scale? Mean drift is |mean over features| / RMS, averaged over tokens (0: centred vectors, 1: constant "
+        f"ones); a run's number is its largest over the blocks at its last logged step ({where}: the runs finding "
+        "(a) compares; runs that diverged or stalled left out). No verdict rule was written for this before the "
+        "study: these are observations with paired 95% t-intervals, not a reproduced or refuted claim."
+    )
+    lines.append("")
+    for key, what in mean_drift.KEYS.items():
+        p = obs.paired_drift(key)
+        found = {1: "RMSNorm's drifts more (the interval lies above 0)", -1: "RMSNorm's drifts less (below 0)"}
+        said = found.get(p.sign(), f"not resolved; {p.power_line()}")
+        lines.append(f"- Mean drift of {what}, rms − layer: {p.text()}: {said}.")
+    lines.append(f"- Final validation loss, rms − layer: {obs.paired_loss().text()} (the numbers finding (a) judges).")
+    if (association := obs.association()) is not None:
+        rho, p_value, n = association
+        lines.append(
+            f"- Over seeds, the stream-drift difference and the loss difference have Spearman ρ = {rho:+.2f} "
+            f"(p = {p_value:.2g}, {n} seeds): {'an' if p_value <= stats.ALPHA else 'no'} association at α = 0.05."
+        )
+    per_seed = {role: (obs.drift(role, "resid_mean_drift"), obs.loss(role)) for role in mean_drift.ROLES}
+    seeds = sorted({s for drift, loss in per_seed.values() for s in (*drift, *loss)}, key=str)
+    rows = [
+        [
+            s,
+            *(f3(per_seed[r][0].get(s)) for r in mean_drift.ROLES),
+            *(f3(per_seed[r][1].get(s)) for r in mean_drift.ROLES),
+        ]
+        for s in seeds
+    ]
+    lines += ["", *table(["seed", "rms stream drift", "layer stream drift", "rms loss", "layer loss"], rows), ""]
+    for key, what in mean_drift.KEYS.items():
+        profiles = [obs.profile(role, key) for role in mean_drift.ROLES]
+        rows = [[i + 1, *(f3(p[i]) for p in profiles)] for i in range(min(map(len, profiles)))]
+        lines += [f"Final mean drift of {what}, mean over seeds (figure *mean_drift_depth*):", ""]
+        lines += [*table(["block" if key == "resid_mean_drift" else "norm", *mean_drift.ROLES], rows), ""]
+    return lines
+
+
 def tolerance_text(j: findings.Judgement) -> str:
     if j.declared_tolerance:
         return f"{j.tolerance:g} nats (declared in the sweep file)"
@@ -619,6 +670,7 @@ STEPS: tuple[Callable[[Context], list[str]], ...] = (
     results,
     comparisons,
     findings_section,
+    mean_drift_section,
     per_lr_table,
     figure_section,
     runs,

@@ -8,6 +8,10 @@ older ones die of it at once; every one exits by itself when its trainer does. W
 a grace period gets SIGKILL. The status of a launch is what the summary.json it wrote says: a non-zero exit is a
 failure unless that summary says the run was interrupted (the trainer exits non-zero when a signal stops it, and
 `accelerate launch` turns every non-zero exit into 1).
+
+`runs_per_gpu` K gives each GPU K slots: K runs at once on it, each its own process (small models leave a large GPU
+mostly idle). Without GPUs, K runs at once share the CPU cores, each told its share of the threads
+(NORMGPT_CPU_THREADS, which the trainer honours).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from train.arguments import REPO_ROOT
+from train.hardware import CPU_THREADS_ENV, available_cores
 from train.output_dir import OutputDirError
 from train.run_directory import ERROR_LOG, SUMMARY, TRAIN_LOG, RunStatus, load_run
 from train.sweep.directory import Launch, append_launch, run_dir
@@ -42,19 +47,36 @@ STOP_GRACE_SECONDS = 60.0  # time a stopped run gets to write its checkpoint and
 PROGRESS_SECONDS = 5.0  # how often the progress bar shows each active run's step
 
 
-def gpu_slots() -> list[str | None]:
-    """One slot per visible GPU when there are several (the CUDA_VISIBLE_DEVICES value for it), else one slot."""
+def gpu_count() -> int:
     try:
         import torch
 
-        count = torch.cuda.device_count()
-    except Exception:  # no usable CUDA: run on whatever the trainer picks, one run at a time
-        count = 0
+        return torch.cuda.device_count()
+    except Exception:  # no usable CUDA: run on whatever the trainer picks
+        return 0
+
+
+def gpu_slots() -> list[str | None]:
+    """One slot per visible GPU when there are several (the CUDA_VISIBLE_DEVICES value for it), else one slot."""
+    count = gpu_count()
     if count <= 1:
         return [None]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = [x.strip() for x in visible.split(",") if x.strip()] if visible else [str(i) for i in range(count)]
     return ids[:count]
+
+
+def device_slots(runs_per_gpu: int = 1) -> list[str | None]:
+    """`gpu_slots`, each `runs_per_gpu` times, interleaved so that the first runs spread over the GPUs."""
+    return [slot for _ in range(runs_per_gpu) for slot in gpu_slots()]
+
+
+def cpu_threads(runs_per_gpu: int) -> int | None:
+    """The threads each of K runs at once gets on the CPU (the cores split evenly); None for one run at a time, or
+    where NORMGPT_CPU_THREADS is already set (the user's choice)."""
+    if runs_per_gpu <= 1 or os.environ.get(CPU_THREADS_ENV):
+        return None
+    return max(1, available_cores() // runs_per_gpu)
 
 
 def free_port() -> int:
@@ -80,8 +102,9 @@ def launch_command(
     return cmd
 
 
-def command_line(cmd: Sequence[str], slot: str | None) -> str:
-    return (f"CUDA_VISIBLE_DEVICES={slot} " if slot is not None else "") + shlex.join(cmd)
+def command_line(cmd: Sequence[str], slot: str | None, threads: int | None = None) -> str:
+    threads_env = f"{CPU_THREADS_ENV}={threads} " if threads is not None else ""
+    return threads_env + (f"CUDA_VISIBLE_DEVICES={slot} " if slot is not None else "") + shlex.join(cmd)
 
 
 def summary_stamp(directory: Path) -> tuple[int, int] | None:
@@ -138,6 +161,7 @@ class Launcher:
     started: float = 0.0
     before: tuple[int, int] | None = None
     stopped: set[int] = field(default_factory=set)  # pids `stop_trainers` sent SIGTERM to
+    threads: int | None = None  # CPU threads when runs share the cores (`cpu_threads`)
 
     def start(self) -> None:
         if self.action is Action.FRESH:
@@ -148,9 +172,12 @@ class Launcher:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.slot
+        if self.threads is not None:
+            env[CPU_THREADS_ENV] = str(self.threads)
         self.log = (self.directory / TRAIN_LOG).open("ab")  # append: a resumed run keeps its earlier attempts' log
         when = f"{datetime.now():%Y-%m-%d %H:%M:%S}"
-        self.log.write(f"\n=== ablate.py {when} ({self.action}): {command_line(self.cmd, self.slot)}\n".encode())
+        line = command_line(self.cmd, self.slot, self.threads)
+        self.log.write(f"\n=== ablate.py {when} ({self.action}): {line}\n".encode())
         self.log.flush()
         self.started = time.monotonic()
         self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.PIPE, env=env, start_new_session=True)
@@ -245,18 +272,30 @@ def record(out_dir: Path, launcher: Launcher, outcome: Outcome, why: str | None,
     )
     append_launch(out_dir, row)
     if outcome.status is RunStatus.FAILED and not stopped:
-        text = [f"command: {command_line(launcher.cmd, launcher.slot)}", f"result: {why}", "--- end of stderr ---"]
+        text = [
+            f"command: {command_line(launcher.cmd, launcher.slot, launcher.threads)}",
+            f"result: {why}",
+            "--- end of stderr ---",
+        ]
         with contextlib.suppress(OSError):  # a directory that cannot be written: the launch log and stdout say it
             (launcher.directory / ERROR_LOG).write_text("\n".join([*text, *tail_lines(bytes(launcher.tail))]) + "\n")
 
 
 class Scheduler:
-    """Runs `(spec, action)` launches over device slots, with a progress bar; Ctrl-C or SIGTERM stops them all."""
+    """Runs `(spec, action)` launches over device slots (`runs_per_gpu` per GPU, or sharing the CPU), with a
+    progress bar; Ctrl-C or SIGTERM stops them all."""
 
-    def __init__(self, out_dir: Path, accelerate_config: str | None = None, slots: list[str | None] | None = None):
+    def __init__(
+        self,
+        out_dir: Path,
+        accelerate_config: str | None = None,
+        slots: list[str | None] | None = None,
+        runs_per_gpu: int = 1,
+    ):
         self.out_dir = Path(out_dir)
         self.accelerate_config = accelerate_config
-        self.slots = gpu_slots() if slots is None else slots
+        self.slots = device_slots(runs_per_gpu) if slots is None else slots
+        self.threads = cpu_threads(runs_per_gpu)
         self.free: queue.Queue[str | None] = queue.Queue()
         for slot in self.slots:
             self.free.put(slot)
@@ -270,7 +309,7 @@ class Scheduler:
         try:
             directory = run_dir(self.out_dir, spec.name)
             cmd = launch_command(spec, directory, action, len(self.slots) > 1, self.accelerate_config)
-            launcher = Launcher(spec, directory, action, slot, cmd)
+            launcher = Launcher(spec, directory, action, slot, cmd, threads=self.threads)
             with self.lock:
                 if self.stopping:
                     return None

@@ -33,9 +33,10 @@ from train.config import (
 from train.hardware import hardware
 from train.run_directory import flat_config
 from train.sweep import findings
+from train.sweep.budget import Budget, BudgetError
 from train.sweep.directory import BOOKKEEPING, LR_FIELD, SEED_FIELD, RecordedRun, SweepRecord, fmt_value
 
-SWEEP_KEYS = ("base", "overrides", "grid", "exclude", "description", "findings")
+SWEEP_KEYS = ("base", "overrides", "grid", "exclude", "description", "findings", "budget")
 MAX_RUNS = 10_000  # a sweep with more runs is refused (a typo in a grid can ask for millions) unless --max_runs says
 # Flags the sweep sets itself for every run, and why a sweep file may not.
 CONTROLLED = {
@@ -117,6 +118,7 @@ class Sweep:
     fields: dict[str, str]  # sweep key -> config field
     runs: list[RunSpec] = field(default_factory=list)
     findings: dict[str, dict[str, Any]] = field(default_factory=dict)  # finding -> role -> selector (and tolerance)
+    budget: Budget = field(default_factory=Budget)  # train/sweep/budget.py: what --dry_run's arithmetic reads
 
     def record(self) -> SweepRecord:
         """What sweep.yaml records of this sweep, with this machine's hardware."""
@@ -132,7 +134,7 @@ class Sweep:
             exclude=self.exclude,
             hardware=hardware(),
             written=datetime.now().isoformat(timespec="seconds"),
-            extra={"findings": self.findings} if self.findings else {},
+            extra={k: v for k, v in (("findings", self.findings), ("budget", self.budget.record())) if v},
         )
 
 
@@ -174,7 +176,25 @@ def load_sweep(path: Path, flags: dict[str, Flag] | None = None, max_runs: int =
     check_size(sweep, max_runs)
     sweep.runs = expand(sweep, flags)
     sweep.findings = check_findings(sweep, raw.get("findings"))
+    try:
+        sweep.budget = Budget.from_mapping(raw.get("budget"))
+    except BudgetError as err:
+        raise invalid(path, str(err)) from None
     return sweep
+
+
+def select_seeds(sweep: Sweep, seeds: list[str]) -> None:
+    """Keep only the runs of the given seeds (as the grid spells them): a pilot of the study, run into the study's
+    directory, whose sweep.yaml then lists those runs only (the full study rewrites it). Raises SweepError."""
+    key = next((k for k in sweep.grid if sweep.fields[k] == SEED_FIELD), None)
+    if key is None:
+        raise invalid(sweep.path, "--seeds needs a seed axis in the grid")
+    spelled = {fmt_value(v): v for v in sweep.grid[key]}
+    unknown = [s for s in seeds if s not in spelled]
+    if unknown:
+        raise invalid(sweep.path, f"--seeds {unknown[0]} is not among grid.{key} ({', '.join(spelled)})")
+    sweep.runs = [run for run in sweep.runs if fmt_value(run.grid[key]) in seeds]
+    sweep.grid[key] = [spelled[s] for s in spelled if s in seeds]
 
 
 def resolve_base(path: Path, given: Any) -> Path:

@@ -79,6 +79,10 @@ class StudyRun:
             return None
         return number(self.summary.final_val_loss)
 
+    def last_logged(self, key: str) -> Any:
+        """`key`'s value in the run's last training row that has it (a probe's per-block list, say); None if none."""
+        return next((row[key] for row in reversed(self.run.train_rows()) if row.get(key) is not None), None)
+
     def model_setting(self, key: str) -> Any:
         """How the model was set up: summary.json's `model` section, else run_config.yaml."""
         model = self.summary.model if self.summary is not None else {}
