@@ -181,7 +181,7 @@ def quiet_lm_eval() -> Iterator[None]:
       the context ever reaches the model.
     - git's "fatal: not a git repository": lm-eval records the git commit of the working directory (not the model's,
       and not kept in normgpt's results) by running git with its stderr open, which outside a repository says so."""
-    hide_log_messages("transformers.tokenization_utils_base", "Token indices sequence length is longer than")
+    hide_log_messages("transformers.tokenization_utils_base", r"Token indices sequence length is longer than")
     import lm_eval.evaluator
 
     if verbose() or not hasattr(lm_eval.evaluator, "get_git_commit_hash"):
