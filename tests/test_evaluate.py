@@ -160,7 +160,7 @@ def test_bad_devices_sizes_and_tasks_are_one_line_before_the_model_loads(model_d
     (index / "hellaswag.yaml").write_text("task: hellaswag\ndataset_path: text\noutput_type: loglikelihood\n")
     real_manager = lm_eval.tasks.TaskManager
     monkeypatch.setattr(evaluate, "hub_problem", lambda: None)
-    small_index = lambda **_: real_manager(include_path=str(index), include_defaults=False)  # noqa: E731
+    small_index = lambda **_: real_manager(include_path=str(index), include_defaults=False)
     monkeypatch.setattr(lm_eval.tasks, "TaskManager", small_index)
     assert evaluate.main([str(model_dir), "--tasks", "hellaswag,helaswag,arc_easy"]) == 2
     assert "unknown lm-eval task helaswag, arc_easy; did you mean hellaswag?" in one_error_line(capsys)
