@@ -28,19 +28,30 @@ STOCK_VARIANTS = {
 # Runs where the project cannot be imported (as on a machine with only transformers), for every export at once.
 LOAD_ELSEWHERE = textwrap.dedent(
     """
-    import importlib.abc, json, sys, torch
+    import builtins, importlib.abc, json, logging, sys, torch
 
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in ("model", "train"):
                 raise ModuleNotFoundError(name)
     sys.meta_path.insert(0, Block())
+    prompts, heard = [], []
+    builtins.input = lambda question="": prompts.append(question) or "n"  # transformers' "run the custom code?"
+
+    class Heard(logging.Handler):
+        def emit(self, record):
+            heard.append(record.getMessage())
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    logging.getLogger("transformers").addHandler(Heard(logging.WARNING))  # every transformers logger ends here
 
     results = []
     for job in json.loads(sys.stdin.read()):
-        model = AutoModelForCausalLM.from_pretrained(job["dir"]).eval()  # no trust_remote_code
-        tokenizer = AutoTokenizer.from_pretrained(job["dir"])
+        # The README's lines: no flag for a stock export, trust_remote_code=True on both for normgpt's remote code.
+        flags = {"trust_remote_code": True} if job["remote"] else {}
+        model = AutoModelForCausalLM.from_pretrained(job["dir"], **flags).eval()
+        before = len(heard), len(prompts)
+        tokenizer = AutoTokenizer.from_pretrained(job["dir"], **flags)
+        said = heard[before[0]:] + prompts[before[1]:]
         ids = torch.tensor(job["ids"])
         with torch.no_grad():
             logits = model(ids).logits
@@ -48,6 +59,7 @@ LOAD_ELSEWHERE = textwrap.dedent(
         results.append({
             "class": type(model).__name__, "module": type(model).__module__, "logits": logits.tolist(),
             "gen": gen.tolist(), "padding_side": tokenizer.padding_side, "ids": tokenizer("The kalo")["input_ids"],
+            "tokenizer_said": said,
         })
     print(json.dumps(results))
     """
@@ -58,34 +70,42 @@ def load_elsewhere(jobs: list[dict], tmp_path) -> list[dict]:
     return run_elsewhere(LOAD_ELSEWHERE, tmp_path, stdin=json.dumps(jobs))
 
 
-def test_every_stock_variant_loads_without_normgpt_with_the_same_logits_and_tokens(tmp_path):
+def test_every_variant_loads_without_normgpt_with_the_same_logits_tokens_and_a_quiet_tokenizer(tmp_path):
+    """Each stock export loads with no flag as its class; a remote-code export loads with trust_remote_code=True. The
+    tokenizer loads with the README's line for each, with no prompt and no warning: its files name no code (the
+    remote-code export's config.json does, which is why AutoTokenizer takes the same flag there)."""
     ids = fixed_ids()
     jobs, expected = [], {}
-    for i, (name, (overrides, architecture, note)) in enumerate(STOCK_VARIANTS.items()):
+    variants = {**STOCK_VARIANTS, "post-remote-code": ({"norm_placement": "post"}, "NormGPTForCausalLM", None)}
+    for i, (name, (overrides, architecture, note)) in enumerate(variants.items()):
         model = trained_model(seed=i, **overrides)
         result = export_model_dir(save_with_tokenizer(model, tmp_path / f"{name}-src"), tmp_path / name)
-        assert (result.format, result.architecture) == ("stock", architecture), name
+        remote = result.format == "remote_code"
+        assert (result.format, result.architecture) == ("remote_code" if remote else "stock", architecture), name
+        assert remote == (name == "post-remote-code"), name
         assert result.verification["max_abs_logit_diff"] <= TOLERANCE and result.verification["greedy_identical"]
         assert note is None or any(note in n for n in result.notes), (name, result.notes)
         written = sorted(p.name for p in (tmp_path / name).iterdir())
-        assert not [n for n in written if n.endswith(".py")], written  # a stock export carries no code
+        assert remote or not [n for n in written if n.endswith(".py")], written  # a stock export carries no code
         config = json.loads((tmp_path / name / "config.json").read_text())
-        assert "auto_map" not in config and config["architectures"] == [architecture]
+        assert ("auto_map" in config) == remote and config["architectures"] == [architecture]
         tokenizer_config = json.loads((tmp_path / name / "tokenizer_config.json").read_text())
-        assert not {"is_local", "local_files_only"} & tokenizer_config.keys()
+        assert not {"is_local", "local_files_only", "auto_map"} & tokenizer_config.keys()
         with torch.no_grad():
             logits = model(ids).logits
         gen = model.generate(ids[:, :6], max_new_tokens=10, do_sample=False, pad_token_id=0)
         expected[name] = (architecture, logits, gen.tolist())
-        jobs.append({"dir": str(tmp_path / name), "ids": ids.tolist()})
+        jobs.append({"dir": str(tmp_path / name), "ids": ids.tolist(), "remote": remote})
 
     for name, got in zip(expected, load_elsewhere(jobs, tmp_path), strict=True):
         architecture, logits, gen = expected[name]
-        assert got["class"] == architecture and got["module"].startswith("transformers.models."), (name, got["module"])
+        home = "transformers_modules" if name == "post-remote-code" else "transformers.models."
+        assert got["class"] == architecture and got["module"].startswith(home), (name, got["module"])
         diff = (torch.tensor(got["logits"]) - logits).abs().max().item()
         assert diff <= TOLERANCE, (name, diff)
         assert got["gen"] == gen, name
         assert got["padding_side"] == "left" and got["ids"], name
+        assert got["tokenizer_said"] == [], (name, got["tokenizer_said"])
 
 
 @pytest.mark.parametrize(

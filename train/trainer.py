@@ -45,6 +45,7 @@ from train.data.tokenizer import tokenizer_identity
 from train.flops import flops_per_token, matmul_parameters, peak_flops
 from train.hardware import CPU_THREADS_ENV, available_cores, device_name, hardware
 from train.launcher import warn_if_fewer_processes
+from train.library_noise import quiet_training
 from train.plots import plot_loss_curve
 from train.publish.export import ExportResult
 from train.publish.final_model import card_and_upload, clean_stale, save_final_model
@@ -287,6 +288,7 @@ class Trainer:
 
     def _setup_accelerator(self) -> None:
         args = self.args
+        quiet_training()  # known, harmless library messages (NORMGPT_VERBOSE=1 shows them)
         self.log_with = {"none": None, "all": ["wandb", "tensorboard"]}.get(args.report_to, [args.report_to])
         # accelerate only forms a multi-process CPU group (gloo) when told to use the CPU; without this, two launched
         # processes on a machine with no GPU would each train alone. ACCELERATE_USE_CPU (`accelerate launch --cpu`)

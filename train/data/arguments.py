@@ -7,16 +7,11 @@ import os
 from pathlib import Path
 
 from train.arguments import DataArguments
+from train.cli import one_line  # noqa: F401  (the data modules quote library errors with it)
 
 
 class DataError(ValueError):
     """A bad data input. The message is one line that names the problem and the valid choices."""
-
-
-def one_line(err: BaseException) -> str:
-    """`Type: first line of the message`, for quoting a library's exception inside a DataError."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(":. ")  # a trailing period would end our line
 
 
 def looks_like_path(name: str) -> bool:
