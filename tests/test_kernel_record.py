@@ -4,15 +4,13 @@ what the uninterrupted run would have (a configuration fixes the order of the ke
 interpreter on the CPU; on a GPU machine the suite's trainer runs stay on the CPU, where the kernels cannot run, and
 scripts/gpu_checks.sh resumes a CUDA run exactly instead."""
 
-import contextlib
-import io
 import json
 import re
 
 import pytest
 import torch
 from synthetic_corpus import write_corpus
-from trainer_runs import flags, refused
+from trainer_runs import flags, refused, train_here
 
 from model import rmsnorm_tuning as tuning
 from model.rmsnorm_triton import triton_can_run
@@ -23,13 +21,6 @@ from train.run_directory import Summary
 pytestmark = pytest.mark.skipif(
     not triton_can_run(torch.empty(0)), reason="the trainer's kernels on the CPU need the Triton interpreter"
 )
-
-
-def train_here(argv: list[str]) -> None:
-    from train.train import main
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert main(argv) == 0
 
 
 def other_forward_configuration(name: str, config: dict) -> dict:
@@ -66,15 +57,16 @@ def test_the_record_is_in_each_checkpoint_and_pinned_before_the_first_resumed_st
     monkeypatch.setattr(
         trainer_module.Trainer, "train_step", lambda self, probing: order.append("step") or step(self, probing)
     )
-    train_here([*argv, "--resume_from_checkpoint", str(state_file.parent)])
-    assert order == ["pin", "step"]
+    # The run completed at step 2: resuming it from step 1 needs a horizon beyond (a completed run is not retrained)
+    train_here([*argv, "--resume_from_checkpoint", str(state_file.parent), "--max_steps", "3"])
+    assert order == ["pin", "step", "step"]
     assert Summary.read(out).kernels[0]["choices"][name] == {"config": pinned, "source": "pinned"}
 
     # A record that is no record: one line naming the file, exit 2 (trainer_runs.refused), nothing trained.
-    state_file = out / "checkpoint-2" / ckpt.STATE
+    state_file = out / "checkpoint-3" / ckpt.STATE
     state = json.loads(state_file.read_text())
     state["kernels"] = [{"namespace": "x", "choices": {"fwd|x": {"config": {"block_n": 3}}}}]
     state_file.write_text(json.dumps(state))
-    ckpt.write_manifest(state_file.parent, 2)
-    message = refused([*argv, "--resume_from_checkpoint", "latest", "--max_steps", "3"])
+    ckpt.write_manifest(state_file.parent, 3)
+    message = refused([*argv, "--resume_from_checkpoint", "latest", "--max_steps", "4"])
     assert message.startswith(f"'{state_file}': its kernel record is malformed: a kernel configuration has exactly")
