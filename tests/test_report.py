@@ -374,6 +374,15 @@ def test_a_multi_seed_grid_without_a_learning_rate_axis_ranks_by_the_seed_spread
     assert rows[0].startswith("| norm=rms | – | 3.460 ± 0.010 | 3 |") and rows[1].startswith("| norm=layer | – | 3.660")
     assert "norm=rms − norm=layer = -0.200 ± 0.000 (95% t-interval, 3 paired seeds): norm=rms is lower by 0.200" in md
     assert "Resolved orderings (final loss, lower is better, paired by seed): norm=rms < norm=layer." in md
+    # Finding (a) declared on a grid without an LR axis (as the paired CPU study is): the mean-drift observation
+    # names the study's one learning rate, not "lr none"
+    declared = {"a": {"rms": {"norm": "rms"}, "layer": {"norm": "layer"}}}
+    grid = {"norm": ["rms", "layer"], "seed": [0, 1, 2]}
+    fake_sweep(tmp_path / "a", grid, _by_norm({"rms": 3.4, "layer": 3.6}), findings=declared)
+    assert report.main([str(tmp_path / "a")]) == 0
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert "(rms and layer at the study's one learning rate: the runs finding (a) compares;" in md
+    assert "lr none" not in md
 
 
 def test_a_single_seed_grid_with_a_learning_rate_axis_has_results_but_ranks_nothing(tmp_path):

@@ -427,7 +427,10 @@ def mean_drift_section(ctx: Context) -> list[str]:
     obs = mean_drift.observe(ctx.study, ctx.results, ctx.judged)
     if obs is None:
         return []
-    where = ", ".join(f"{role} at lr {findings.lr_text(lr)}" for role, lr in obs.lrs.items())
+    if all(lr is None for lr in obs.lrs.values()):  # a grid without a learning-rate axis: one LR for all
+        where = " and ".join(obs.lrs) + " at the study's one learning rate"
+    else:
+        where = ", ".join(f"{role} at lr {findings.lr_text(lr)}" for role, lr in obs.lrs.items())
     lines = ["### Mean drift: RMSNorm vs LayerNorm (observation)", ""]
     lines.append(
         "Does RMSNorm's residual stream drift in mean where LayerNorm's does not, and does that cost loss at this "
