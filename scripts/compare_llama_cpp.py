@@ -14,6 +14,7 @@ Needs llama-cpp-python (`pip install llama-cpp-python`, a source build that take
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,32 @@ def greedy_llama_cpp(llm: Any, ids: list[int], new_tokens: int) -> list[int]:
     return out
 
 
+@contextlib.contextmanager
+def weights_as_stored():
+    """llama.cpp loads the weights as the GGUF stores them, without its CPU "extra buffer types" (weights repacked
+    for the CPU's matrix units). The comparison is of the GGUF's arithmetic, not of a repacking kernel's, and
+    llama-cpp-python 0.3.36's repacked q8_0 path crashed (SIGSEGV in the first decode) on an Intel Xeon with AMX on
+    2026-12-04. llama-cpp-python takes no argument for it, so the default model parameters it reads are wrapped while
+    a model loads."""
+    from llama_cpp import llama_cpp as lib
+
+    default = lib.llama_model_default_params
+    if not any(name == "use_extra_bufts" for name, _ in default().__class__._fields_):
+        yield  # a build without the option: nothing to turn off
+        return
+
+    def params():
+        model_params = default()
+        model_params.use_extra_bufts = False
+        return model_params
+
+    lib.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = default
+
+
 def compare(model_dir: Path, gguf: Path, texts: list[str], new_tokens: int = 16, kv: str = "f32") -> dict[str, Any]:
     """Numbers for one GGUF file against the transformers model in `model_dir`."""
     from llama_cpp import Llama
@@ -63,7 +90,8 @@ def compare(model_dir: Path, gguf: Path, texts: list[str], new_tokens: int = 16,
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     context = model.config.max_position_embeddings
     kv_type = GGML_F32 if kv == "f32" else GGML_F16
-    llm = Llama(model_path=str(gguf), n_ctx=context, logits_all=True, verbose=False, type_k=kv_type, type_v=kv_type)
+    with weights_as_stored():
+        llm = Llama(model_path=str(gguf), n_ctx=context, logits_all=True, verbose=False, type_k=kv_type, type_v=kv_type)
     diff, same_ids, same_greedy = 0.0, 0, 0
     try:
         for text in texts:
