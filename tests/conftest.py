@@ -16,6 +16,7 @@ import time
 
 import pytest
 from devices import CUDA, keep_child_processes_on_the_cpu, share_the_cores
+from synthetic_corpus import write_corpus
 
 # A time box (scripts/gpu_checks.sh): tests that would start after this Unix time are skipped, so the run still ends
 # normally, its JUnit XML naming what ran and what did not.
@@ -50,3 +51,14 @@ def pytest_collection_modifyitems(config, items):
 def pytest_runtest_setup(item):
     if time.time() > DEADLINE:
         pytest.skip("not run: the time box of this test run ended (NORMGPT_TEST_DEADLINE)")
+
+
+# The trainer tests' data, one per test module (a module that needs another corpus defines its own `corpus`)
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")

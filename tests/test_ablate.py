@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from synthetic_corpus import write_corpus
 
 from train.atomic_io import read_json
 from train.checkpoints import list_checkpoints, write_manifest
@@ -755,11 +754,6 @@ def test_the_gpu_window_study_fits_8_minutes_by_its_own_arithmetic():
 
 # ---------------------------------------------------------------------------------------------------------------------
 # End to end through accelerate launch and the trainer
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("ablate_corpus"))
 
 
 def run_ablate(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -17,7 +17,6 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from synthetic_corpus import write_corpus
 from trainer_runs import (
     FRONT_DOOR,
     command,
@@ -35,16 +34,6 @@ from trainer_runs import (
 from train import checkpoints as ckpt
 from train.config import REPO_ROOT
 from train.run_directory import MetricsLog, RunStatus
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("synthetic"))
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture(scope="module")

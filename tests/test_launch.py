@@ -16,7 +16,6 @@ import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from devices import gpu_env
-from synthetic_corpus import write_corpus
 from trainer_runs import command, run
 
 from train import launcher
@@ -32,16 +31,6 @@ PROMISED = {
     "fsdp.yaml": ("FSDP", 8, "bf16", "torchrun"),
 }
 TRAINING = {"max_steps": 3, "eval_steps": 0, "save_steps": 0}
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("synthetic"))
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
 
 
 def accelerate_launch(*flags: str) -> list[str]:

@@ -14,7 +14,6 @@ import io
 
 import pytest
 import torch
-from synthetic_corpus import write_corpus
 from tiny_models import save_with_tokenizer, tiny_config
 from torch import nn
 from trainer_runs import TINY
@@ -67,11 +66,6 @@ def toys():
     yield
     for name in TOYS:
         NORMS.pop(name)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def train_in_process(norm: str, out, corpus, cache) -> Summary:

@@ -153,11 +153,6 @@ def test_the_data_step_builds_the_cache_once_and_refuses_a_bad_flag_in_one_line(
 # The rehearsal
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("synthetic"))
-
-
 def sbatch(out: Path, train_flags: list[str]) -> list[str]:
     return ["bash", str(SLURM / "train.sbatch"), str(out), *train_flags]
 
