@@ -7,6 +7,7 @@ import importlib.util
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -143,7 +144,7 @@ def test_check_fsdp_runs_both_launches_and_compares_them_under_ddp_on_the_cpu(tm
     config = SCRIPTS.parent / "configs" / "accelerate" / "cpu_2proc.yaml"
     argv = ["--out", str(tmp_path), "--config_file", str(config), "--json", str(tmp_path / "fsdp.json")]
     done = subprocess.run(
-        ["python", str(SCRIPTS / "check_fsdp.py"), *argv], capture_output=True, text=True, timeout=900
+        [sys.executable, str(SCRIPTS / "check_fsdp.py"), *argv], capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 1 and "check_fsdp.py: FAILED: not sharded:" in done.stderr, done.stderr[-2000:]
     result = json.loads((tmp_path / "fsdp.json").read_text())

@@ -57,16 +57,16 @@ def test_the_record_is_in_each_checkpoint_and_pinned_before_the_first_resumed_st
     monkeypatch.setattr(
         trainer_module.Trainer, "train_step", lambda self, probing: order.append("step") or step(self, probing)
     )
-    # The run completed at step 2: resuming it from step 1 needs a horizon beyond (a completed run is not retrained)
-    train_here([*argv, "--resume_from_checkpoint", str(state_file.parent), "--max_steps", "3"])
-    assert order == ["pin", "step", "step"]
+    # The run completed at step 2; a checkpoint named explicitly before that is gone back to and trained from again
+    train_here([*argv, "--resume_from_checkpoint", str(state_file.parent)])
+    assert order == ["pin", "step"]
     assert Summary.read(out).kernels[0]["choices"][name] == {"config": pinned, "source": "pinned"}
 
     # A record that is no record: one line naming the file, exit 2 (trainer_runs.refused), nothing trained.
-    state_file = out / "checkpoint-3" / ckpt.STATE
+    state_file = out / "checkpoint-2" / ckpt.STATE
     state = json.loads(state_file.read_text())
     state["kernels"] = [{"namespace": "x", "choices": {"fwd|x": {"config": {"block_n": 3}}}}]
     state_file.write_text(json.dumps(state))
-    ckpt.write_manifest(state_file.parent, 3)
-    message = refused([*argv, "--resume_from_checkpoint", "latest", "--max_steps", "4"])
+    ckpt.write_manifest(state_file.parent, 2)
+    message = refused([*argv, "--resume_from_checkpoint", "latest", "--max_steps", "3"])
     assert message.startswith(f"'{state_file}': its kernel record is malformed: a kernel configuration has exactly")

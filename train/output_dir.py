@@ -102,11 +102,15 @@ def _holds_a_run(path: Path) -> str:
     )
 
 
-def check_resumable(output_dir: Path, max_steps: int) -> None:
+def check_resumable(output_dir: Path, max_steps: int, from_step: int | None = None) -> None:
     """Before a resume: raise RunCompleted when the run already trained to `max_steps` (resuming it unchanged does
-    nothing), and refuse to extend a finished run that kept no checkpoint."""
+    nothing), and refuse to extend a finished run that kept no checkpoint. `from_step`: the step of a checkpoint the
+    user named. One before the run's last step goes back to it and trains from there again (how a resume is checked
+    to repeat the uninterrupted run), which is work to do, not a completed run."""
     summary = _summary(output_dir)
     if not _trained_to_the_end(summary):
+        return
+    if from_step is not None and from_step < summary.steps:
         return
     if summary.steps >= max_steps:
         raise RunCompleted(

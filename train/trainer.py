@@ -324,7 +324,8 @@ class Trainer:
         else:  # a named checkpoint is checked first; 'latest' of a finished run may have none and nothing to do
             if args.resume_from_checkpoint != "latest":
                 self.resume_path = ckpt.resolve_checkpoint(args.resume_from_checkpoint, out)
-            outdir.check_resumable(out, args.max_steps)
+            named_step = checkpoint_step(self.resume_path) if self.resume_path is not None else None
+            outdir.check_resumable(out, args.max_steps, named_step)
             self.resume_path = self.resume_path or ckpt.resolve_checkpoint(args.resume_from_checkpoint, out)
         if args.init_from is not None and self.resume_path is None:
             self.init_path = ckpt.resolve_init(args.init_from, out)
