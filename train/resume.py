@@ -15,6 +15,7 @@ A new run started from another run's checkpoint (`--init_from`) needs less: the 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -66,19 +67,18 @@ def differences(
 ) -> list[str]:
     """'field old -> new' for every setting that must match and does not."""
 
-    def changed(section: str, names: tuple[str, ...]) -> list[str]:
-        return [
-            f"{k} {old[section].get(k)!r} -> {new[section][k]!r}"
-            for k in names
-            if old[section].get(k) != new[section][k]
-        ]
+    def changed(section: str, names: tuple[str, ...], arguments: type) -> list[str]:
+        # A field the checkpoint's run_config lacks came after it: that run had the field's default behaviour
+        defaults = {f.name: f.default for f in dataclasses.fields(arguments) if f.default is not dataclasses.MISSING}
+        was = {k: old[section].get(k, defaults.get(k)) for k in names}
+        return [f"{k} {was[k]!r} -> {new[section][k]!r}" for k in names if was[k] != new[section][k]]
 
     diffs = model_differences(old, new)
-    diffs += changed("data", COMPARED_DATA)
+    diffs += changed("data", COMPARED_DATA, DataArguments)
     if old_key is not None and old_key != new_key:
         keys = sorted(k for k in set(old_key) | set(new_key) if old_key.get(k) != new_key.get(k))
         diffs.append(f"data ({', '.join(keys)} of the token cache key) differs")
-    diffs += changed("training", COMPARED_TRAINING)
+    diffs += changed("training", COMPARED_TRAINING, TrainingArguments)
     old_batch, new_batch = _global_batch(old["training"], old_processes), _global_batch(new["training"], new_processes)
     if old_batch != new_batch:
         diffs.append(f"global batch (sequences per step over all processes) {old_batch} -> {new_batch}")
